@@ -1,0 +1,467 @@
+//! One account's stream: the account, its transactions, and the rules that span both.
+//!
+//! A stream is decided by exactly one writer at a time, so its rules can read and change the
+//! state without locks: two debits of the same account are decided one after the other, and
+//! the second sees the first. Every command yields a [`Decision`]; a command that cannot apply
+//! either fails its transaction (an event, so the caller learns why) or, for a duplicate or an
+//! account command that does not fit, yields no events and names its rejection.
+
+use std::collections::HashMap;
+
+use chrono::{DateTime, Utc};
+use cqrs_es::Aggregate;
+use cqrs_es::event_sink::EventSink;
+use serde::{Deserialize, Serialize};
+use uuid::Uuid;
+
+use crate::account::{Account, AccountCommand, AccountError};
+use crate::contact::{AccountInfo, BillingAddress};
+use crate::event::{EVENT_VERSION, EventEnvelope, LedgerEvent, event_id_for};
+use crate::ids::{AccountId, CommandId, TransactionId};
+use crate::money::{Amount, Currency};
+use crate::phone::PhoneNumber;
+use crate::transaction::{
+    FailureReason, Transaction, TransactionCommand, TransactionEvent, TransactionTerms,
+    TransactionType,
+};
+
+/// A command addressed to one account's stream, as carried by the log.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all_fields = "camelCase")]
+pub enum LedgerCommand {
+    OpenAccount {
+        info: AccountInfo,
+        billing_address: Option<BillingAddress>,
+        currency: Currency,
+    },
+    UpdateAccount {
+        info: AccountInfo,
+        billing_address: Option<BillingAddress>,
+    },
+    AddMoney {
+        transaction_id: TransactionId,
+        amount: Amount,
+        currency: Currency,
+    },
+    SendAirtime {
+        transaction_id: TransactionId,
+        amount: Amount,
+        currency: Currency,
+        phone_number: PhoneNumber,
+    },
+    /// An administrator's credit or debit.
+    AdjustBalance {
+        transaction_id: TransactionId,
+        direction: AdjustmentDirection,
+        amount: Amount,
+        currency: Currency,
+    },
+    /// The airtime provider's answer for a transaction whose funds are reserved.
+    CompleteAirtime {
+        transaction_id: TransactionId,
+        outcome: AirtimeOutcome,
+    },
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum AdjustmentDirection {
+    Credit,
+    Debit,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(
+    tag = "status",
+    rename_all = "SCREAMING_SNAKE_CASE",
+    rename_all_fields = "camelCase"
+)]
+pub enum AirtimeOutcome {
+    Delivered { provider_reference: String },
+    Rejected { provider_code: String },
+}
+
+/// What deciding one command produced.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Decision {
+    pub events: Vec<EventEnvelope>,
+    /// Why the command produced no events, when it produced none.
+    pub rejection: Option<&'static str>,
+}
+
+/// Where a command came from: stamped on every event it causes.
+#[derive(Clone, Copy, Debug)]
+pub struct CommandContext {
+    pub command_id: CommandId,
+    pub now: DateTime<Utc>,
+}
+
+/// The state of one account's stream.
+#[derive(Clone, Debug)]
+pub struct AccountLedger {
+    account_id: AccountId,
+    account: Account,
+    /// Every transaction of the stream, kept so that a command repeated by a client retry
+    /// is recognized and decided only once.
+    transactions: HashMap<TransactionId, Transaction>,
+    sequence: u64,
+}
+
+#[derive(Debug, PartialEq, Eq, thiserror::Error)]
+pub enum StreamError {
+    #[error("event for account {got} applied to the stream of {expected}")]
+    WrongAccount { expected: AccountId, got: AccountId },
+    #[error("sequence {got} follows {previous}: the stream has a gap or a repeat")]
+    SequenceBroken { previous: u64, got: u64 },
+}
+
+impl AccountLedger {
+    pub fn new(account_id: AccountId) -> AccountLedger {
+        AccountLedger {
+            account_id,
+            account: Account::default(),
+            transactions: HashMap::new(),
+            sequence: 0,
+        }
+    }
+
+    pub fn account(&self) -> &Account {
+        &self.account
+    }
+
+    pub fn transaction(&self, transaction_id: TransactionId) -> Option<&Transaction> {
+        self.transactions.get(&transaction_id)
+    }
+
+    /// The sequence number of the stream's last event; 0 for an empty stream.
+    pub fn sequence(&self) -> u64 {
+        self.sequence
+    }
+
+    /// Replays one stored event, checking that it is the next in the stream.
+    pub fn apply(&mut self, envelope: &EventEnvelope) -> Result<(), StreamError> {
+        if envelope.account_id != self.account_id {
+            let got = envelope.account_id;
+            return Err(StreamError::WrongAccount {
+                expected: self.account_id,
+                got,
+            });
+        }
+        if envelope.sequence != self.sequence + 1 {
+            let previous = self.sequence;
+            return Err(StreamError::SequenceBroken {
+                previous,
+                got: envelope.sequence,
+            });
+        }
+        self.apply_event(envelope.event.clone());
+        self.sequence = envelope.sequence;
+        Ok(())
+    }
+
+    fn apply_event(&mut self, event: LedgerEvent) {
+        match event {
+            LedgerEvent::Account(event) => self.account.apply_event(event),
+            LedgerEvent::Transaction(event) => {
+                let transaction = self.transactions.entry(event.transaction_id()).or_default();
+                transaction.apply_event(event);
+            }
+        }
+    }
+
+    /// Decides a command, applies its events to the stream, and returns them in envelopes.
+    pub async fn decide(&mut self, command: LedgerCommand, context: CommandContext) -> Decision {
+        let correlation_id = correlation_of(&command, context.command_id);
+        let outcome = self.decide_events(command).await;
+        match outcome {
+            Ok(events) => Decision {
+                events: self.seal(events, correlation_id, context),
+                rejection: None,
+            },
+            Err(code) => Decision {
+                events: Vec::new(),
+                rejection: Some(code),
+            },
+        }
+    }
+
+    async fn decide_events(
+        &mut self,
+        command: LedgerCommand,
+    ) -> Result<Vec<LedgerEvent>, &'static str> {
+        match command {
+            LedgerCommand::OpenAccount {
+                info,
+                billing_address,
+                currency,
+            } => {
+                let command = AccountCommand::Open {
+                    info,
+                    billing_address,
+                    currency,
+                };
+                self.on_account(command).await.map_err(AccountError::code)
+            }
+            LedgerCommand::UpdateAccount {
+                info,
+                billing_address,
+            } => {
+                let command = AccountCommand::Update {
+                    info,
+                    billing_address,
+                };
+                self.on_account(command).await.map_err(AccountError::code)
+            }
+            LedgerCommand::AddMoney {
+                transaction_id,
+                amount,
+                currency,
+            } => {
+                let terms = self.terms(
+                    transaction_id,
+                    TransactionType::AddMoney,
+                    amount,
+                    currency,
+                    None,
+                );
+                let credit = AccountCommand::Credit {
+                    transaction_id,
+                    amount,
+                    currency,
+                };
+                self.settle_at_once(terms, credit).await
+            }
+            LedgerCommand::AdjustBalance {
+                transaction_id,
+                direction,
+                amount,
+                currency,
+            } => {
+                let (kind, command) = match direction {
+                    AdjustmentDirection::Credit => (
+                        TransactionType::AdminCredit,
+                        AccountCommand::Credit {
+                            transaction_id,
+                            amount,
+                            currency,
+                        },
+                    ),
+                    AdjustmentDirection::Debit => (
+                        TransactionType::AdminDebit,
+                        AccountCommand::Debit {
+                            transaction_id,
+                            amount,
+                            currency,
+                        },
+                    ),
+                };
+                let terms = self.terms(transaction_id, kind, amount, currency, None);
+                self.settle_at_once(terms, command).await
+            }
+            LedgerCommand::SendAirtime {
+                transaction_id,
+                amount,
+                currency,
+                phone_number,
+            } => {
+                let phone = Some(phone_number);
+                let terms = self.terms(
+                    transaction_id,
+                    TransactionType::SendAirtime,
+                    amount,
+                    currency,
+                    phone,
+                );
+                self.reserve_for_airtime(terms).await
+            }
+            LedgerCommand::CompleteAirtime {
+                transaction_id,
+                outcome,
+            } => self.complete_airtime(transaction_id, outcome).await,
+        }
+    }
+
+    fn terms(
+        &self,
+        transaction_id: TransactionId,
+        transaction_type: TransactionType,
+        amount: Amount,
+        currency: Currency,
+        phone_number: Option<PhoneNumber>,
+    ) -> TransactionTerms {
+        let account_id = self.account_id;
+        TransactionTerms {
+            transaction_id,
+            account_id,
+            transaction_type,
+            amount,
+            currency,
+            phone_number,
+        }
+    }
+
+    /// Starts a transaction whose account change is decided at once, and ends it.
+    async fn settle_at_once(
+        &mut self,
+        terms: TransactionTerms,
+        command: AccountCommand,
+    ) -> Result<Vec<LedgerEvent>, &'static str> {
+        let transaction_id = terms.transaction_id;
+        let mut events = self.start(terms).await?;
+        let end = match self.on_account(command).await {
+            Ok(changed) => {
+                events.extend(changed);
+                TransactionCommand::Succeed {
+                    provider_reference: None,
+                }
+            }
+            Err(error) => TransactionCommand::Fail {
+                reason: failure_of(error),
+            },
+        };
+        events.extend(self.on_transaction(transaction_id, end).await?);
+        Ok(events)
+    }
+
+    /// Starts an airtime transaction and holds its funds until the provider answers.
+    async fn reserve_for_airtime(
+        &mut self,
+        terms: TransactionTerms,
+    ) -> Result<Vec<LedgerEvent>, &'static str> {
+        let (transaction_id, amount, currency) =
+            (terms.transaction_id, terms.amount, terms.currency);
+        let mut events = self.start(terms).await?;
+        match self
+            .on_account(AccountCommand::Reserve {
+                transaction_id,
+                amount,
+                currency,
+            })
+            .await
+        {
+            Ok(reserved) => events.extend(reserved),
+            Err(error) => {
+                let fail = TransactionCommand::Fail {
+                    reason: failure_of(error),
+                };
+                events.extend(self.on_transaction(transaction_id, fail).await?);
+            }
+        }
+        Ok(events)
+    }
+
+    async fn complete_airtime(
+        &mut self,
+        transaction_id: TransactionId,
+        outcome: AirtimeOutcome,
+    ) -> Result<Vec<LedgerEvent>, &'static str> {
+        let transaction = self
+            .transactions
+            .get(&transaction_id)
+            .ok_or("transaction_not_found")?;
+        if transaction.status().is_some_and(|status| status.is_final()) {
+            return Err("transaction_already_final");
+        }
+        let (release, end) = match outcome {
+            AirtimeOutcome::Delivered { provider_reference } => (
+                AccountCommand::PostReservation { transaction_id },
+                TransactionCommand::Succeed {
+                    provider_reference: Some(provider_reference),
+                },
+            ),
+            AirtimeOutcome::Rejected { .. } => (
+                AccountCommand::VoidReservation { transaction_id },
+                TransactionCommand::Fail {
+                    reason: FailureReason::AirtimeProviderRejected,
+                },
+            ),
+        };
+        let mut events = self.on_account(release).await.map_err(AccountError::code)?;
+        events.extend(self.on_transaction(transaction_id, end).await?);
+        Ok(events)
+    }
+
+    async fn start(&mut self, terms: TransactionTerms) -> Result<Vec<LedgerEvent>, &'static str> {
+        self.on_transaction(terms.transaction_id, TransactionCommand::Start(terms))
+            .await
+    }
+
+    async fn on_account(
+        &mut self,
+        command: AccountCommand,
+    ) -> Result<Vec<LedgerEvent>, AccountError> {
+        let events = handle(&mut self.account, command).await?;
+        Ok(events.into_iter().map(LedgerEvent::Account).collect())
+    }
+
+    async fn on_transaction(
+        &mut self,
+        transaction_id: TransactionId,
+        command: TransactionCommand,
+    ) -> Result<Vec<LedgerEvent>, &'static str> {
+        let transaction = self.transactions.entry(transaction_id).or_default();
+        let events: Vec<TransactionEvent> =
+            handle(transaction, command).await.map_err(|e| e.code())?;
+        Ok(events.into_iter().map(LedgerEvent::Transaction).collect())
+    }
+
+    /// Numbers the decided events and wraps them in envelopes.
+    fn seal(
+        &mut self,
+        events: Vec<LedgerEvent>,
+        correlation_id: Uuid,
+        context: CommandContext,
+    ) -> Vec<EventEnvelope> {
+        let causation_id = context.command_id.0;
+        let mut sealed = Vec::with_capacity(events.len());
+        for (index, event) in events.into_iter().enumerate() {
+            self.sequence += 1;
+            sealed.push(EventEnvelope {
+                event_id: event_id_for(causation_id, index),
+                account_id: self.account_id,
+                sequence: self.sequence,
+                event_type: event.name().to_owned(),
+                event_version: EVENT_VERSION,
+                occurred_at: context.now,
+                correlation_id,
+                causation_id,
+                event,
+            });
+        }
+        sealed
+    }
+}
+
+/// Runs a command through a cqrs-es aggregate, which applies each event as it is written.
+async fn handle<A: Aggregate<Services = ()>>(
+    aggregate: &mut A,
+    command: A::Command,
+) -> Result<Vec<A::Event>, A::Error> {
+    let sink = EventSink::default();
+    aggregate.handle(command, &(), &sink).await?;
+    Ok(sink.collect().await)
+}
+
+fn correlation_of(command: &LedgerCommand, command_id: CommandId) -> Uuid {
+    match command {
+        LedgerCommand::OpenAccount { .. } | LedgerCommand::UpdateAccount { .. } => command_id.0,
+        LedgerCommand::AddMoney { transaction_id, .. }
+        | LedgerCommand::SendAirtime { transaction_id, .. }
+        | LedgerCommand::AdjustBalance { transaction_id, .. }
+        | LedgerCommand::CompleteAirtime { transaction_id, .. } => transaction_id.0,
+    }
+}
+
+fn failure_of(error: AccountError) -> FailureReason {
+    match error {
+        AccountError::InsufficientFunds => FailureReason::InsufficientFunds,
+        AccountError::CurrencyMismatch => FailureReason::CurrencyMismatch,
+        AccountError::AccountNotFound | AccountError::AccountAlreadyExists => {
+            FailureReason::AccountNotFound
+        }
+        AccountError::BalanceAboveMaximum => FailureReason::BalanceAboveMaximum,
+        AccountError::ReservationAlreadyExists | AccountError::ReservationNotFound => {
+            FailureReason::ReservationConflict
+        }
+    }
+}

@@ -1,0 +1,277 @@
+//! Rules of one account's stream, where transactions meet the account.
+
+use chrono::Utc;
+use rust_decimal::Decimal;
+use tally_domain::ledger::AdjustmentDirection;
+use tally_domain::{
+    AccountId, AccountInfo, AccountLedger, AirtimeOutcome, Amount, CommandContext, CommandId,
+    Currency, Decision, EventEnvelope, FailureReason, LedgerCommand, PhoneNumber, TransactionId,
+    TransactionStatus,
+};
+
+fn usd(text: &str) -> Amount {
+    Amount::parse(text, Currency::USD).expect("test amounts are valid")
+}
+
+fn dec(text: &str) -> Decimal {
+    text.parse().expect("test decimals are valid")
+}
+
+fn context() -> CommandContext {
+    CommandContext {
+        command_id: CommandId::new(),
+        now: Utc::now(),
+    }
+}
+
+fn names(decision: &Decision) -> Vec<&str> {
+    decision
+        .events
+        .iter()
+        .map(|event| event.event_type.as_str())
+        .collect()
+}
+
+async fn opened_ledger(balance: &str) -> AccountLedger {
+    let mut ledger = AccountLedger::new(AccountId::new());
+    let info = AccountInfo::parse("Ada", "ada@example.com", "+14155552671").expect("valid contact");
+    let open = LedgerCommand::OpenAccount {
+        info,
+        billing_address: None,
+        currency: Currency::USD,
+    };
+    ledger.decide(open, context()).await;
+    let add = LedgerCommand::AddMoney {
+        transaction_id: TransactionId::new(),
+        amount: usd(balance),
+        currency: Currency::USD,
+    };
+    ledger.decide(add, context()).await;
+    ledger
+}
+
+fn airtime(transaction_id: TransactionId, amount: &str) -> LedgerCommand {
+    let phone_number = PhoneNumber::parse("+254712345678").expect("valid phone");
+    LedgerCommand::SendAirtime {
+        transaction_id,
+        amount: usd(amount),
+        currency: Currency::USD,
+        phone_number,
+    }
+}
+
+#[tokio::test]
+async fn add_money_starts_credits_and_succeeds_in_one_decision() {
+    let mut ledger = opened_ledger("1").await;
+    let transaction_id = TransactionId::new();
+    let add = LedgerCommand::AddMoney {
+        transaction_id,
+        amount: usd("99.00"),
+        currency: Currency::USD,
+    };
+
+    let decision = ledger.decide(add, context()).await;
+
+    assert_eq!(
+        names(&decision),
+        [
+            "TransactionStarted",
+            "AccountCredited",
+            "TransactionSucceeded"
+        ]
+    );
+    assert_eq!(ledger.account().balance(), dec("100.00"));
+    let status = ledger.transaction(transaction_id).and_then(|t| t.status());
+    assert_eq!(status, Some(TransactionStatus::Successful));
+}
+
+#[tokio::test]
+async fn sequence_numbers_grow_by_exactly_one_across_commands() {
+    let mut ledger = opened_ledger("10").await;
+    let decision = ledger
+        .decide(airtime(TransactionId::new(), "1"), context())
+        .await;
+
+    let sequences: Vec<u64> = decision.events.iter().map(|event| event.sequence).collect();
+    assert_eq!(sequences, [5, 6]);
+    assert_eq!(ledger.sequence(), 6);
+}
+
+#[tokio::test]
+async fn airtime_holds_funds_until_the_provider_answers_then_posts_them() {
+    let mut ledger = opened_ledger("100.00").await;
+    let transaction_id = TransactionId::new();
+
+    let reserved = ledger
+        .decide(airtime(transaction_id, "30.50"), context())
+        .await;
+    assert_eq!(names(&reserved), ["TransactionStarted", "FundsReserved"]);
+    assert_eq!(ledger.account().available(), dec("69.50"));
+
+    let outcome = AirtimeOutcome::Delivered {
+        provider_reference: "ref-1".to_owned(),
+    };
+    let complete = LedgerCommand::CompleteAirtime {
+        transaction_id,
+        outcome,
+    };
+    let posted = ledger.decide(complete, context()).await;
+    assert_eq!(
+        names(&posted),
+        ["ReservationPosted", "TransactionSucceeded"]
+    );
+    assert_eq!(ledger.account().balance(), dec("69.50"));
+    assert_eq!(ledger.account().held(), dec("0.00"));
+}
+
+#[tokio::test]
+async fn a_rejected_airtime_voids_the_hold_and_fails_with_a_stable_reason() {
+    let mut ledger = opened_ledger("10.00").await;
+    let transaction_id = TransactionId::new();
+    ledger
+        .decide(airtime(transaction_id, "5.00"), context())
+        .await;
+
+    let outcome = AirtimeOutcome::Rejected {
+        provider_code: "invalid_msisdn".to_owned(),
+    };
+    let decision = ledger
+        .decide(
+            LedgerCommand::CompleteAirtime {
+                transaction_id,
+                outcome,
+            },
+            context(),
+        )
+        .await;
+
+    assert_eq!(names(&decision), ["ReservationVoided", "TransactionFailed"]);
+    assert_eq!(ledger.account().available(), dec("10.00"));
+    let failed = serde_json::to_value(&decision.events[1].event).expect("serializes");
+    assert_eq!(
+        failed["reason"],
+        FailureReason::AirtimeProviderRejected.code()
+    );
+}
+
+#[tokio::test]
+async fn airtime_beyond_the_balance_fails_with_insufficient_funds_and_holds_nothing() {
+    let mut ledger = opened_ledger("1.00").await;
+    let decision = ledger
+        .decide(airtime(TransactionId::new(), "1.01"), context())
+        .await;
+
+    assert_eq!(
+        names(&decision),
+        ["TransactionStarted", "TransactionFailed"]
+    );
+    assert_eq!(ledger.account().held(), dec("0"));
+}
+
+#[tokio::test]
+async fn a_repeated_transaction_is_decided_only_once() {
+    let mut ledger = opened_ledger("10.00").await;
+    let transaction_id = TransactionId::new();
+    let add = LedgerCommand::AddMoney {
+        transaction_id,
+        amount: usd("5"),
+        currency: Currency::USD,
+    };
+
+    ledger.decide(add.clone(), context()).await;
+    let again = ledger.decide(add, context()).await;
+
+    assert!(again.events.is_empty());
+    assert_eq!(again.rejection, Some("transaction_already_exists"));
+    assert_eq!(ledger.account().balance(), dec("15.00"));
+}
+
+#[tokio::test]
+async fn a_second_provider_answer_changes_nothing() {
+    let mut ledger = opened_ledger("10.00").await;
+    let transaction_id = TransactionId::new();
+    ledger
+        .decide(airtime(transaction_id, "5.00"), context())
+        .await;
+    let outcome = AirtimeOutcome::Delivered {
+        provider_reference: "ref".to_owned(),
+    };
+    let complete = LedgerCommand::CompleteAirtime {
+        transaction_id,
+        outcome,
+    };
+    ledger.decide(complete.clone(), context()).await;
+
+    let again = ledger.decide(complete, context()).await;
+
+    assert_eq!(again.rejection, Some("transaction_already_final"));
+    assert_eq!(ledger.account().balance(), dec("5.00"));
+}
+
+#[tokio::test]
+async fn an_admin_debit_cannot_overdraw() {
+    let mut ledger = opened_ledger("2.00").await;
+    let debit = LedgerCommand::AdjustBalance {
+        transaction_id: TransactionId::new(),
+        direction: AdjustmentDirection::Debit,
+        amount: usd("2.01"),
+        currency: Currency::USD,
+    };
+    let decision = ledger.decide(debit, context()).await;
+    assert_eq!(
+        names(&decision),
+        ["TransactionStarted", "TransactionFailed"]
+    );
+}
+
+#[tokio::test]
+async fn a_stream_rebuilt_from_its_envelopes_equals_the_original() {
+    let mut source = AccountLedger::new(AccountId::new());
+    let open_events = opened_ledger_events(&mut source).await;
+    let mut rebuilt = AccountLedger::new(source_id(&open_events));
+    for envelope in open_events.iter() {
+        let bytes = envelope.to_json();
+        let parsed = EventEnvelope::from_json(&bytes).expect("envelope round-trips");
+        assert_eq!(&parsed, envelope);
+        rebuilt.apply(&parsed).expect("stream is gapless");
+    }
+    assert_eq!(rebuilt.account(), source.account());
+    assert_eq!(rebuilt.sequence(), source.sequence());
+}
+
+async fn opened_ledger_events(ledger: &mut AccountLedger) -> Vec<EventEnvelope> {
+    let info = AccountInfo::parse("Bo", "bo@example.com", "+14155550000").expect("valid contact");
+    let mut events = Vec::new();
+    let open = LedgerCommand::OpenAccount {
+        info,
+        billing_address: None,
+        currency: Currency::USD,
+    };
+    events.extend(ledger.decide(open, context()).await.events);
+    let add = LedgerCommand::AddMoney {
+        transaction_id: TransactionId::new(),
+        amount: usd("7.25"),
+        currency: Currency::USD,
+    };
+    events.extend(ledger.decide(add, context()).await.events);
+    events.extend(
+        ledger
+            .decide(airtime(TransactionId::new(), "2.25"), context())
+            .await
+            .events,
+    );
+    events
+}
+
+fn source_id(events: &[EventEnvelope]) -> AccountId {
+    events[0].account_id
+}
+
+#[tokio::test]
+async fn a_gap_in_the_stream_is_detected() {
+    let mut source = AccountLedger::new(AccountId::new());
+    let events = opened_ledger_events(&mut source).await;
+    let mut rebuilt = AccountLedger::new(source_id(&events));
+    rebuilt.apply(&events[0]).expect("first event applies");
+    assert!(rebuilt.apply(&events[2]).is_err());
+}
