@@ -23,5 +23,6 @@ pub use ledger::{AccountLedger, AirtimeOutcome, CommandContext, Decision, Ledger
 pub use money::{Amount, Currency, MoneyError};
 pub use phone::PhoneNumber;
 pub use transaction::{
-    FailureReason, Transaction, TransactionEvent, TransactionStatus, TransactionType,
+    FailureReason, Transaction, TransactionEvent, TransactionStatus, TransactionTerms,
+    TransactionType,
 };

@@ -1,0 +1,250 @@
+//! The decider: the only writer of the events topic.
+//!
+//! One decider owns a set of partitions of the commands topic and, with them, the streams of
+//! every account keyed there. It keeps those streams in memory, decides each command with the
+//! domain, and in one atomic step appends the resulting events and commits the commands it
+//! consumed. Because exactly one decider owns a partition at a time, and the log fences a
+//! decider that lost it, two debits of one account are always decided one after the other.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+use std::time::Duration;
+
+use chrono::Utc;
+use tally_domain::{AccountId, AccountLedger, CommandContext, EventEnvelope};
+use tokio::sync::watch;
+use tracing::{debug, error, info, instrument, warn};
+
+use crate::log::{
+    ConsumedOffset, Consumer, EventLog, LogError, NewRecord, Polled, Record, Topic, TopicPartition,
+};
+use crate::message::CommandEnvelope;
+
+/// The consumer group of every decider.
+pub const GROUP: &str = "decider";
+
+/// Records read per call while rebuilding a partition's streams: large enough to amortize a
+/// read, small enough to keep a batch's memory in the low megabytes.
+const REBUILD_READ_RECORDS_MAX: usize = 5_000;
+
+#[derive(Clone, Debug)]
+pub struct DeciderSettings {
+    /// Most commands decided and committed in one atomic step.
+    pub batch_records_max: usize,
+    /// How long one poll waits for commands before checking for shutdown.
+    pub poll_wait_ms: u64,
+    /// Pause before rejoining the group after a failed commit.
+    pub rejoin_delay_ms: u64,
+}
+
+impl Default for DeciderSettings {
+    fn default() -> Self {
+        DeciderSettings {
+            batch_records_max: 1_000,
+            poll_wait_ms: 100,
+            rejoin_delay_ms: 200,
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum DecideError {
+    #[error("the log failed")]
+    Log(#[from] LogError),
+    #[error("event {offset} of partition {partition} is unreadable")]
+    CorruptEvent {
+        partition: u32,
+        offset: u64,
+        source: serde_json::Error,
+    },
+    #[error("the stream of account {account_id} is broken at offset {offset}")]
+    BrokenStream {
+        account_id: AccountId,
+        offset: u64,
+        source: tally_domain::ledger::StreamError,
+    },
+}
+
+/// The streams of the partitions one decider owns.
+#[derive(Default)]
+struct Streams {
+    ledgers: HashMap<AccountId, AccountLedger>,
+}
+
+/// Runs a decider until `shutdown` turns true. A failed commit rejoins the group, which
+/// rebuilds the streams from the log, so memory never runs ahead of what the log holds.
+pub async fn run(
+    log: Arc<dyn EventLog>,
+    settings: DeciderSettings,
+    mut shutdown: watch::Receiver<bool>,
+) -> Result<(), DecideError> {
+    // Endless on purpose: a decider lives as long as the process; shutdown ends it.
+    loop {
+        match run_member(&log, &settings, &mut shutdown).await {
+            Ok(()) => return Ok(()),
+            Err(DecideError::Log(LogError::Fenced)) => {
+                warn!("decider fenced; another member owns its partitions");
+                return Err(DecideError::Log(LogError::Fenced));
+            }
+            Err(DecideError::Log(error)) => {
+                warn!(error = %error, "decider commit failed; rejoining");
+                tokio::time::sleep(Duration::from_millis(settings.rejoin_delay_ms)).await;
+            }
+            Err(error) => return Err(error),
+        }
+    }
+}
+
+async fn run_member(
+    log: &Arc<dyn EventLog>,
+    settings: &DeciderSettings,
+    shutdown: &mut watch::Receiver<bool>,
+) -> Result<(), DecideError> {
+    let mut consumer = log.consumer(GROUP, &[Topic::Commands]).await?;
+    let mut streams = Streams::default();
+    let wait = Duration::from_millis(settings.poll_wait_ms);
+    while !*shutdown.borrow() {
+        match consumer.poll(settings.batch_records_max, wait).await? {
+            Polled::Assigned(partitions) => {
+                for partition in partitions {
+                    streams.rebuild(log.as_ref(), partition.partition).await?;
+                }
+            }
+            Polled::Revoked(partitions) => streams.drop_partitions(log.as_ref(), &partitions),
+            Polled::Records(batch) if batch.is_empty() => {}
+            Polled::Records(batch) => decide_batch(consumer.as_mut(), &mut streams, batch).await?,
+        }
+    }
+    Ok(())
+}
+
+/// Decides a batch of commands and commits their events with the consumed offsets.
+#[instrument(skip_all, fields(commands = batch.len()))]
+async fn decide_batch(
+    consumer: &mut dyn Consumer,
+    streams: &mut Streams,
+    batch: Vec<Record>,
+) -> Result<(), DecideError> {
+    let consumed = consumed_offsets(&batch);
+    let mut produced = Vec::with_capacity(batch.len() * 3);
+    for record in batch {
+        let Some(command) = decode_command(&record) else {
+            continue;
+        };
+        produced.extend(streams.decide(command).await.iter().map(event_record));
+    }
+    let events = produced.len();
+    consumer.commit(consumed, produced).await?;
+    debug!(events, "batch decided");
+    Ok(())
+}
+
+fn decode_command(record: &Record) -> Option<CommandEnvelope> {
+    match CommandEnvelope::from_json(&record.payload) {
+        Ok(command) => Some(command),
+        Err(cause) => {
+            // No retry can make these bytes a command; skipping is the only way forward, and
+            // the record stays in the log for audit.
+            let (partition, offset) = (record.partition, record.offset);
+            error!(partition, offset, error = %cause, "undecodable command skipped");
+            None
+        }
+    }
+}
+
+fn consumed_offsets(batch: &[Record]) -> Vec<ConsumedOffset> {
+    let mut next: BTreeMap<TopicPartition, u64> = BTreeMap::new();
+    for record in batch {
+        let offset = next.entry(record.topic_partition()).or_default();
+        *offset = (*offset).max(record.offset + 1);
+    }
+    next.into_iter()
+        .map(|(partition, next_offset)| ConsumedOffset {
+            partition,
+            next_offset,
+        })
+        .collect()
+}
+
+fn event_record(envelope: &EventEnvelope) -> NewRecord {
+    NewRecord {
+        topic: Topic::Events,
+        key: envelope.account_id.to_string(),
+        payload: envelope.to_json(),
+    }
+}
+
+impl Streams {
+    async fn decide(&mut self, envelope: CommandEnvelope) -> Vec<EventEnvelope> {
+        let account_id = envelope.account_id;
+        let ledger = self
+            .ledgers
+            .entry(account_id)
+            .or_insert_with(|| AccountLedger::new(account_id));
+        let context = CommandContext {
+            command_id: envelope.command_id,
+            now: Utc::now(),
+        };
+        let decision = ledger.decide(envelope.command, context).await;
+        if let Some(code) = decision.rejection {
+            let command_id = envelope.command_id;
+            info!(%account_id, %command_id, rejection = code, "command rejected");
+        }
+        decision.events
+    }
+
+    /// Replays every event of one partition into its streams.
+    #[instrument(skip_all, fields(partition))]
+    async fn rebuild(&mut self, log: &dyn EventLog, partition: u32) -> Result<(), DecideError> {
+        let events = TopicPartition {
+            topic: Topic::Events,
+            partition,
+        };
+        let end = log.end_offset(events).await?;
+        let mut next = 0;
+        while next < end {
+            let records = log.read(events, next, REBUILD_READ_RECORDS_MAX).await?;
+            let Some(last) = records.last() else { break };
+            next = last.offset + 1;
+            for record in &records {
+                self.replay(record)?;
+            }
+        }
+        info!(partition, events = end, "partition rebuilt");
+        Ok(())
+    }
+
+    fn replay(&mut self, record: &Record) -> Result<(), DecideError> {
+        let (partition, offset) = (record.partition, record.offset);
+        let envelope = EventEnvelope::from_json(&record.payload).map_err(|source| {
+            DecideError::CorruptEvent {
+                partition,
+                offset,
+                source,
+            }
+        })?;
+        let account_id = envelope.account_id;
+        let ledger = self
+            .ledgers
+            .entry(account_id)
+            .or_insert_with(|| AccountLedger::new(account_id));
+        ledger
+            .apply(&envelope)
+            .map_err(|source| DecideError::BrokenStream {
+                account_id,
+                offset,
+                source,
+            })
+    }
+
+    fn drop_partitions(&mut self, log: &dyn EventLog, partitions: &[TopicPartition]) {
+        let owned_elsewhere = |account_id: &AccountId| {
+            let partition = log.partition_for(&account_id.to_string());
+            partitions
+                .iter()
+                .any(|revoked| revoked.partition == partition)
+        };
+        self.ledgers
+            .retain(|account_id, _| !owned_elsewhere(account_id));
+    }
+}
