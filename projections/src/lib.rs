@@ -1,1 +1,27 @@
-//! placeholder
+//! Tally's read side: the projector that materializes read tables from the event log, the
+//! read store that holds them, and the queries the API answers from.
+//!
+//! What this crate owns: the read tables (`migrations/sqlite/0001_read_models.sql`) and the
+//! only code that writes them. It reads the log and never writes to it, and it knows no HTTP:
+//! views are plain serializable rows, and the API decides what to show.
+//!
+//! The projection is exactly-once: each batch of log records is applied in one database
+//! transaction together with the offsets it reached, and the projector resumes from those
+//! offsets, never from the log's consumer-group offsets. Every row can be rebuilt by replaying
+//! the log into an empty store.
+
+mod batch;
+mod error;
+mod projector;
+mod queries;
+mod store;
+#[cfg(test)]
+mod testing;
+mod writes;
+
+pub use error::ProjectionError;
+pub use projector::{PROJECTION_NAME, ProjectorSettings, lag, run};
+pub use queries::{
+    ACCOUNT_EVENTS_PAGE_SIZE_MAX, AccountEventRow, AccountView, StoredOffset, TransactionView,
+};
+pub use store::ReadStore;

@@ -1,0 +1,456 @@
+//! The projector worker: follows the events and commands topics and applies every record to
+//! the read tables exactly once.
+//!
+//! Exactly-once comes from the store, not the log: each batch is applied in one database
+//! transaction together with the offsets it reaches, and on (re)assignment the projector seeks
+//! the log to the offsets stored with the rows. It never commits offsets to its consumer group.
+//! A batch that fails on a transient error is applied again from scratch, which is safe
+//! because its transaction rolled back and its offsets did not move.
+
+use std::error::Error;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tally_commands::log::{Consumer, EventLog, Polled, Topic, TopicPartition};
+use tokio::sync::watch;
+
+use crate::batch::{self, Changes, Decoded, Loaded, OffsetAdvance};
+use crate::error::ProjectionError;
+use crate::queries::{self, StoredOffset};
+use crate::store::ReadStore;
+use crate::writes;
+
+/// The projector's consumer group, and its name in `projection_offsets`.
+pub const PROJECTION_NAME: &str = "projector";
+
+/// Events make the read tables; commands show a transaction as ACCEPTED before its events.
+const TOPICS: [Topic; 2] = [Topic::Events, Topic::Commands];
+
+/// The largest batch accepted in settings: the embedded log serves at most this many records
+/// per poll, and one transaction of this size still commits in well under a second.
+const BATCH_RECORDS_LIMIT: usize = 10_000;
+
+/// How the projector batches and retries. Defaults suit the embedded log on a small server.
+#[derive(Clone, Debug)]
+pub struct ProjectorSettings {
+    /// The most records applied in one database transaction. A thousand amortizes the commit
+    /// well and keeps a batch's rows in memory to a few megabytes.
+    pub batch_records_max: usize,
+    /// How long one poll waits for records. Short, so a quiet log still lets the projector
+    /// notice shutdown promptly; the log wakes a waiting poll as soon as records land.
+    pub poll_wait_ms: u64,
+    /// How many times a step that failed on a transient error is tried again before the
+    /// projector gives up and returns the error.
+    pub retry_attempts_max: u32,
+    /// The pause before the first retry; each further pause doubles, up to the maximum.
+    pub retry_delay_ms_min: u64,
+    /// The longest pause between two tries: with eight tries, about 11 s in all, enough to
+    /// ride out a checkpoint or a busy writer but not to hide a dead disk.
+    pub retry_delay_ms_max: u64,
+}
+
+impl Default for ProjectorSettings {
+    fn default() -> Self {
+        ProjectorSettings {
+            batch_records_max: 1_000,
+            poll_wait_ms: 50,
+            retry_attempts_max: 8,
+            retry_delay_ms_min: 50,
+            retry_delay_ms_max: 5_000,
+        }
+    }
+}
+
+impl ProjectorSettings {
+    fn validate(&self) -> Result<(), ProjectionError> {
+        if !(1..=BATCH_RECORDS_LIMIT).contains(&self.batch_records_max) {
+            return Err(ProjectionError::InvalidSettings(format!(
+                "batch_records_max must be within 1..={BATCH_RECORDS_LIMIT}, not {}",
+                self.batch_records_max
+            )));
+        }
+        if self.retry_delay_ms_min > self.retry_delay_ms_max {
+            return Err(ProjectionError::InvalidSettings(
+                "retry_delay_ms_min must not exceed retry_delay_ms_max".to_owned(),
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// Runs the projector until `shutdown` turns true or its sender is dropped, or until an error
+/// that retrying cannot fix (a corrupt read model, a fenced consumer, retries spent).
+///
+/// Shutdown is checked between batches: a batch being applied commits first, so stopping
+/// loses nothing. A shutdown during the pause between retries stops at once with the error
+/// being retried, since that batch never committed.
+pub async fn run(
+    log: Arc<dyn EventLog>,
+    store: ReadStore,
+    settings: ProjectorSettings,
+    mut shutdown: watch::Receiver<bool>,
+) -> Result<(), ProjectionError> {
+    settings.validate()?;
+    let mut consumer = log.consumer(PROJECTION_NAME, &TOPICS).await?;
+    tracing::info!(
+        batch_records_max = settings.batch_records_max,
+        "projector started"
+    );
+
+    // Endless on purpose: the projector follows the log for the life of the process, and
+    // stops through `shutdown` or an error.
+    while !shutdown_requested(&shutdown) {
+        match next_poll(consumer.as_mut(), &settings, &mut shutdown).await? {
+            Polled::Assigned(partitions) => {
+                resume(
+                    &store,
+                    consumer.as_mut(),
+                    &partitions,
+                    &settings,
+                    &mut shutdown,
+                )
+                .await?;
+            }
+            Polled::Revoked(partitions) => {
+                // Nothing is kept per partition between batches, so there is nothing to drop.
+                tracing::info!(partitions = partitions.len(), "partitions revoked");
+            }
+            Polled::Records(records) if records.is_empty() => {}
+            Polled::Records(records) => {
+                let decoded = batch::decode(&records);
+                apply(&store, &decoded, &settings, &mut shutdown).await?;
+            }
+        }
+    }
+    tracing::info!("projector stopped");
+    Ok(())
+}
+
+/// Records in the log the projection has not applied yet, over every partition it reads.
+pub async fn lag(log: &dyn EventLog, store: &ReadStore) -> Result<u64, ProjectionError> {
+    let stored = store.offsets().await?;
+    let mut behind = 0;
+    for topic in TOPICS {
+        for partition in 0..log.partition_count() {
+            let partition = TopicPartition { topic, partition };
+            let end = log.end_offset(partition).await?;
+            behind += end.saturating_sub(next_offset(&stored, partition));
+        }
+    }
+    Ok(behind)
+}
+
+fn shutdown_requested(shutdown: &watch::Receiver<bool>) -> bool {
+    *shutdown.borrow() || shutdown.has_changed().is_err()
+}
+
+/// Polls the consumer, retrying transient failures of the log.
+async fn next_poll(
+    consumer: &mut dyn Consumer,
+    settings: &ProjectorSettings,
+    shutdown: &mut watch::Receiver<bool>,
+) -> Result<Polled, ProjectionError> {
+    let wait = Duration::from_millis(settings.poll_wait_ms);
+    let mut backoff = Backoff::new(settings);
+    loop {
+        match consumer.poll(settings.batch_records_max, wait).await {
+            Ok(polled) => return Ok(polled),
+            Err(error) => backoff.pause(error.into(), shutdown).await?,
+        }
+    }
+}
+
+/// Moves the consumer to where the store says the projection stopped in each partition.
+async fn resume(
+    store: &ReadStore,
+    consumer: &mut dyn Consumer,
+    partitions: &[TopicPartition],
+    settings: &ProjectorSettings,
+    shutdown: &mut watch::Receiver<bool>,
+) -> Result<(), ProjectionError> {
+    let mut backoff = Backoff::new(settings);
+    let stored = loop {
+        match store.offsets().await {
+            Ok(stored) => break stored,
+            Err(error) => backoff.pause(error, shutdown).await?,
+        }
+    };
+    for &partition in partitions {
+        let next_offset = next_offset(&stored, partition);
+        consumer.seek(partition, next_offset).await?;
+    }
+    tracing::info!(
+        partitions = partitions.len(),
+        "partitions assigned; resuming from the store"
+    );
+    Ok(())
+}
+
+/// Applies a decoded batch, applying it again from scratch after a transient failure.
+async fn apply(
+    store: &ReadStore,
+    batch: &[Decoded],
+    settings: &ProjectorSettings,
+    shutdown: &mut watch::Receiver<bool>,
+) -> Result<(), ProjectionError> {
+    let mut backoff = Backoff::new(settings);
+    loop {
+        match apply_batch(store, batch).await {
+            Ok(()) => return Ok(()),
+            Err(error) => backoff.pause(error, shutdown).await?,
+        }
+    }
+}
+
+/// Applies a batch and its offsets in one transaction. `BEGIN IMMEDIATE` takes the write lock
+/// first, so the rows read here cannot change before the batch's rows are written.
+#[tracing::instrument(skip_all, fields(records = batch.len()))]
+async fn apply_batch(store: &ReadStore, batch: &[Decoded]) -> Result<(), ProjectionError> {
+    let touched = batch::touched(batch);
+    let mut transaction = store.pool().begin_with("BEGIN IMMEDIATE").await?;
+
+    let stored = queries::stored_offsets(&mut *transaction, PROJECTION_NAME).await?;
+    check_offsets(&stored, &batch::offset_advances(batch))?;
+    let loaded = Loaded {
+        accounts: queries::accounts_by_id(&mut transaction, &touched.accounts).await?,
+        stream_heads: queries::stream_heads(&mut transaction, &touched.accounts).await?,
+        transactions: queries::transactions_by_id(&mut transaction, &touched.transactions).await?,
+    };
+    let changes = batch::fold(batch, loaded)?;
+
+    writes::write(&mut transaction, PROJECTION_NAME, &changes).await?;
+    transaction.commit().await?;
+    log_applied(&changes);
+    Ok(())
+}
+
+/// Every partition of the batch must start where the projection stopped. Anything else means
+/// a second projector writes to this store, or the consumer skipped or repeated records.
+fn check_offsets(
+    stored: &[StoredOffset],
+    advances: &[OffsetAdvance],
+) -> Result<(), ProjectionError> {
+    for advance in advances {
+        let stored = next_offset(stored, advance.partition);
+        if stored != advance.first_offset {
+            return Err(ProjectionError::OffsetsMoved {
+                topic: advance.partition.topic.name(),
+                partition: advance.partition.partition,
+                stored,
+                first: advance.first_offset,
+            });
+        }
+    }
+    Ok(())
+}
+
+fn next_offset(stored: &[StoredOffset], partition: TopicPartition) -> u64 {
+    stored
+        .iter()
+        .find(|offset| offset.topic_partition() == partition)
+        .map_or(0, |offset| offset.next_offset)
+}
+
+fn log_applied(changes: &Changes) {
+    let skipped: u64 = changes.offsets.iter().map(|o| o.skipped_records).sum();
+    tracing::debug!(
+        events = changes.account_events.len(),
+        accounts = changes.accounts.len(),
+        transactions = changes.transactions.len(),
+        statement_lines = changes.statement_lines.len(),
+        skipped,
+        "batch applied"
+    );
+}
+
+/// Exponential backoff for one step, bounded in tries and in delay.
+struct Backoff {
+    attempt: u32,
+    attempts_max: u32,
+    delay: Duration,
+    delay_max: Duration,
+}
+
+impl Backoff {
+    fn new(settings: &ProjectorSettings) -> Backoff {
+        Backoff {
+            attempt: 0,
+            attempts_max: settings.retry_attempts_max,
+            delay: Duration::from_millis(settings.retry_delay_ms_min),
+            delay_max: Duration::from_millis(settings.retry_delay_ms_max),
+        }
+    }
+
+    /// Waits before the next try of a step that failed with `error`. Gives the error back
+    /// instead when it is not transient, when the tries are spent, or on shutdown.
+    async fn pause(
+        &mut self,
+        error: ProjectionError,
+        shutdown: &mut watch::Receiver<bool>,
+    ) -> Result<(), ProjectionError> {
+        if !error.is_transient() || self.attempt >= self.attempts_max {
+            return Err(error);
+        }
+        self.attempt += 1;
+        tracing::warn!(
+            attempt = self.attempt,
+            delay_ms = u64::try_from(self.delay.as_millis()).unwrap_or(u64::MAX),
+            error = cause_chain(&error),
+            "transient failure; retrying"
+        );
+        tokio::select! {
+            () = tokio::time::sleep(self.delay) => {}
+            _ = shutdown.wait_for(|stop| *stop) => return Err(error),
+        }
+        self.delay = (self.delay * 2).min(self.delay_max);
+        Ok(())
+    }
+}
+
+/// An error and its sources, outermost first: `read store query failed: database is locked`.
+fn cause_chain(error: &dyn Error) -> String {
+    let mut chain = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        chain.push_str(": ");
+        chain.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    chain
+}
+
+#[cfg(test)]
+mod tests {
+    use rust_decimal::Decimal;
+    use tally_commands::log::Record;
+    use tally_domain::{AccountEvent, EventEnvelope, LedgerEvent, TransactionId};
+    use tempfile::TempDir;
+
+    use super::*;
+    use crate::testing::*;
+
+    fn assert_send<T: Send>(_: &T) {}
+
+    #[test]
+    fn the_projector_can_be_spawned_on_a_multi_threaded_runtime() {
+        fn check(log: Arc<dyn EventLog>, store: ReadStore, shutdown: watch::Receiver<bool>) {
+            let projector = run(log, store, ProjectorSettings::default(), shutdown);
+            assert_send(&projector);
+        }
+        let _ = check;
+    }
+
+    async fn fresh_store() -> (TempDir, ReadStore) {
+        let dir = tempfile::tempdir().unwrap();
+        let store = ReadStore::open_sqlite(&dir.path().join("read.db"))
+            .await
+            .unwrap();
+        (dir, store)
+    }
+
+    async fn apply_records(store: &ReadStore, records: &[Record]) -> Result<(), ProjectionError> {
+        apply_batch(store, &batch::decode(records)).await
+    }
+
+    async fn count(store: &ReadStore, table: &str) -> i64 {
+        let sql = format!("SELECT COUNT(*) FROM {table}");
+        sqlx::query_scalar(sqlx::AssertSqlSafe(sql))
+            .fetch_one(store.pool())
+            .await
+            .unwrap()
+    }
+
+    #[tokio::test]
+    async fn a_batch_is_stored_with_its_offsets_and_reads_back_at_the_currency_scale() {
+        let (_dir, store) = fresh_store().await;
+        let mut stream = Stream::new(7);
+        let mut records = stream.decide(open()).await;
+        records.extend(stream.decide(add_money(TransactionId::new(), "69.5")).await);
+
+        apply_records(&store, &records).await.unwrap();
+
+        let account = store.account(stream.account_id).await.unwrap().unwrap();
+        assert_eq!(account.balance.to_string(), "69.50");
+        let json = serde_json::to_value(&account).unwrap();
+        assert_eq!(json["available"], "69.50");
+        let stored: String = sqlx::query_scalar("SELECT balance FROM accounts")
+            .fetch_one(store.pool())
+            .await
+            .unwrap();
+        assert_eq!(stored, "69.50");
+        let offsets = store.offsets().await.unwrap();
+        assert_eq!(offsets.len(), 1);
+        assert_eq!(
+            (offsets[0].topic, offsets[0].next_offset),
+            (Topic::Events, 4)
+        );
+    }
+
+    #[tokio::test]
+    async fn account_events_page_after_a_sequence_with_their_payloads() {
+        let (_dir, store) = fresh_store().await;
+        let mut stream = Stream::new(7);
+        let mut records = stream.decide(open()).await;
+        records.extend(stream.decide(add_money(TransactionId::new(), "1")).await);
+        apply_records(&store, &records).await.unwrap();
+
+        let page = store.account_events(stream.account_id, 1, 2).await.unwrap();
+
+        let sequences: Vec<u64> = page.iter().map(|event| event.sequence).collect();
+        assert_eq!(sequences, vec![2, 3]);
+        assert_eq!(page[1].event_type, "AccountCredited");
+        assert_eq!(page[1].payload["balanceAfter"], "1");
+        assert_eq!(page[1].log_offset, 2);
+    }
+
+    #[tokio::test]
+    async fn a_batch_that_breaks_a_balance_commits_neither_rows_nor_offsets() {
+        let (_dir, store) = fresh_store().await;
+        let mut stream = Stream::new(7);
+        let mut records = stream.decide(open()).await;
+        let mut credit = stream.decide(add_money(TransactionId::new(), "5")).await;
+        let mut envelope = EventEnvelope::from_json(&credit[1].payload).unwrap();
+        if let LedgerEvent::Account(AccountEvent::AccountCredited { balance_after, .. }) =
+            &mut envelope.event
+        {
+            *balance_after = Decimal::from(500);
+        }
+        credit[1].payload = envelope.to_json();
+        records.extend(credit);
+
+        let applied = apply_records(&store, &records).await;
+
+        assert!(matches!(
+            applied,
+            Err(ProjectionError::MoneyMismatch { .. })
+        ));
+        for table in [
+            "accounts",
+            "transactions",
+            "account_events",
+            "projection_offsets",
+        ] {
+            assert_eq!(count(&store, table).await, 0, "{table}");
+        }
+    }
+
+    #[tokio::test]
+    async fn a_batch_that_does_not_start_where_the_projection_stopped_is_refused() {
+        let (_dir, store) = fresh_store().await;
+        let mut stream = Stream::new(7);
+        let records = stream.decide(open()).await;
+        apply_records(&store, &records).await.unwrap();
+        let skipped_ahead = stream.decide(add_money(TransactionId::new(), "5")).await;
+
+        let applied = apply_records(&store, &skipped_ahead[1..]).await;
+
+        assert!(matches!(
+            applied,
+            Err(ProjectionError::OffsetsMoved {
+                stored: 1,
+                first: 2,
+                ..
+            })
+        ));
+    }
+}

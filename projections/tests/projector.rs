@@ -1,0 +1,508 @@
+//! End to end: the projector over the real embedded log and real read stores, fed with the
+//! commands and the events a real `AccountLedger` decides, through stops, crashes and rebuilds.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use rust_decimal::Decimal;
+use sqlx::sqlite::SqliteRow;
+use sqlx::{AssertSqlSafe, Row};
+use tally_commands::log::sqlite::{SqliteLog, SqliteLogSettings};
+use tally_commands::log::{EventLog, NewRecord, Topic};
+use tally_commands::message::CommandEnvelope;
+use tally_domain::ledger::{AdjustmentDirection, AirtimeOutcome};
+use tally_domain::{
+    AccountEvent, AccountId, AccountInfo, AccountLedger, Amount, BillingAddress, CommandContext,
+    Currency, EventEnvelope, FailureReason, LedgerCommand, LedgerEvent, PhoneNumber, TransactionId,
+    TransactionStatus, TransactionType,
+};
+use tally_projections::{ProjectionError, ProjectorSettings, ReadStore, lag, run};
+use tempfile::TempDir;
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+
+const PARTITIONS: u32 = 4;
+const CATCH_UP_TIMEOUT: Duration = Duration::from_secs(30);
+const USD: Currency = Currency::USD;
+
+/// A log, the ledgers deciding its streams, and a count of what was appended.
+struct World {
+    dir: TempDir,
+    log: Arc<dyn EventLog>,
+    ledgers: HashMap<AccountId, AccountLedger>,
+    commands: usize,
+    events: usize,
+    /// Events that move posted money: one statement line each.
+    money_events: usize,
+    /// Commands that start a transaction: one transaction row each.
+    transaction_commands: usize,
+}
+
+impl World {
+    async fn new() -> World {
+        let dir = tempfile::tempdir().unwrap();
+        let settings = SqliteLogSettings::new(dir.path().join("log"), PARTITIONS);
+        let log: Arc<dyn EventLog> = SqliteLog::open(settings).await.unwrap();
+        World {
+            dir,
+            log,
+            ledgers: HashMap::new(),
+            commands: 0,
+            events: 0,
+            money_events: 0,
+            transaction_commands: 0,
+        }
+    }
+
+    async fn store(&self, name: &str) -> ReadStore {
+        ReadStore::open_sqlite(&self.dir.path().join(name))
+            .await
+            .unwrap()
+    }
+
+    /// Appends a command, then the events its account's ledger decides, as the decider would.
+    async fn submit(&mut self, account_id: AccountId, command: LedgerCommand) -> CommandEnvelope {
+        let envelope = CommandEnvelope::new(account_id, None, command.clone());
+        self.log.append(vec![envelope.to_record()]).await.unwrap();
+        self.commands += 1;
+        let starts_transaction = matches!(
+            command,
+            LedgerCommand::AddMoney { .. }
+                | LedgerCommand::SendAirtime { .. }
+                | LedgerCommand::AdjustBalance { .. }
+        );
+        self.transaction_commands += usize::from(starts_transaction);
+
+        let ledger =
+            (self.ledgers.entry(account_id)).or_insert_with(|| AccountLedger::new(account_id));
+        // The decider decides a little after the command was issued.
+        let context = CommandContext {
+            command_id: envelope.command_id,
+            now: envelope.issued_at + chrono::Duration::milliseconds(5),
+        };
+        let events = ledger.decide(command, context).await.events;
+        self.events += events.len();
+        self.money_events += events.iter().filter(|event| moves_money(event)).count();
+        let records = (events.iter())
+            .map(|event| NewRecord {
+                topic: Topic::Events,
+                key: account_id.to_string(),
+                payload: event.to_json(),
+            })
+            .collect();
+        self.log.append(records).await.unwrap();
+        envelope
+    }
+
+    /// Opens an account, credits it, and runs airtime sends that succeed and fail.
+    async fn busy_account(&mut self, account_id: AccountId) {
+        self.submit(account_id, open()).await;
+        self.submit(account_id, add_money(TransactionId::new(), "100"))
+            .await;
+        let delivered = TransactionId::new();
+        self.submit(account_id, send_airtime(delivered, "12.25"))
+            .await;
+        self.submit(account_id, complete(delivered, "ref")).await;
+        let rejected = TransactionId::new();
+        self.submit(account_id, send_airtime(rejected, "5")).await;
+        let outcome = AirtimeOutcome::Rejected {
+            provider_code: "E1".to_owned(),
+        };
+        let command = LedgerCommand::CompleteAirtime {
+            transaction_id: rejected,
+            outcome,
+        };
+        self.submit(account_id, command).await;
+        self.submit(account_id, send_airtime(TransactionId::new(), "1000"))
+            .await;
+        self.submit(account_id, admin(AdjustmentDirection::Debit, "0.75"))
+            .await;
+    }
+
+    fn balance(&self, account_id: AccountId) -> Decimal {
+        self.ledgers[&account_id].account().balance()
+    }
+}
+
+fn moves_money(envelope: &EventEnvelope) -> bool {
+    matches!(
+        envelope.event,
+        LedgerEvent::Account(
+            AccountEvent::AccountCredited { .. }
+                | AccountEvent::AccountDebited { .. }
+                | AccountEvent::ReservationPosted { .. }
+        )
+    )
+}
+
+fn open() -> LedgerCommand {
+    let info = AccountInfo::parse("Ada", "ada@example.com", "+14155552671").unwrap();
+    let billing_address = BillingAddress {
+        city: Some("Nairobi".to_owned()),
+        country: Some("KE".to_owned()),
+        ..BillingAddress::default()
+    };
+    LedgerCommand::OpenAccount {
+        info,
+        billing_address: Some(billing_address),
+        currency: USD,
+    }
+}
+
+fn usd(text: &str) -> Amount {
+    Amount::parse(text, USD).unwrap()
+}
+
+fn add_money(transaction_id: TransactionId, amount: &str) -> LedgerCommand {
+    LedgerCommand::AddMoney {
+        transaction_id,
+        amount: usd(amount),
+        currency: USD,
+    }
+}
+
+fn send_airtime(transaction_id: TransactionId, amount: &str) -> LedgerCommand {
+    LedgerCommand::SendAirtime {
+        transaction_id,
+        amount: usd(amount),
+        currency: USD,
+        phone_number: PhoneNumber::parse("+254712345678").unwrap(),
+    }
+}
+
+fn complete(transaction_id: TransactionId, reference: &str) -> LedgerCommand {
+    let outcome = AirtimeOutcome::Delivered {
+        provider_reference: reference.to_owned(),
+    };
+    LedgerCommand::CompleteAirtime {
+        transaction_id,
+        outcome,
+    }
+}
+
+fn admin(direction: AdjustmentDirection, amount: &str) -> LedgerCommand {
+    LedgerCommand::AdjustBalance {
+        transaction_id: TransactionId::new(),
+        direction,
+        amount: usd(amount),
+        currency: USD,
+    }
+}
+
+fn money(text: &str) -> Decimal {
+    Decimal::from_str_exact(text).unwrap()
+}
+
+/// A projector task and the switch that stops it.
+struct Projector {
+    task: JoinHandle<Result<(), ProjectionError>>,
+    shutdown: watch::Sender<bool>,
+}
+
+impl Projector {
+    fn start(log: &Arc<dyn EventLog>, store: &ReadStore, settings: ProjectorSettings) -> Self {
+        let (shutdown, stopping) = watch::channel(false);
+        let task = tokio::spawn(run(log.clone(), store.clone(), settings, stopping));
+        Projector { task, shutdown }
+    }
+
+    /// Asks the projector to stop and checks that it stopped cleanly.
+    async fn stop(self) {
+        self.shutdown.send(true).unwrap();
+        self.task.await.unwrap().unwrap();
+    }
+
+    /// Kills the projector wherever it is, as a crash would.
+    async fn kill(self) {
+        self.task.abort();
+        let _ = self.task.await;
+    }
+}
+
+fn small_batches(batch_records_max: usize) -> ProjectorSettings {
+    ProjectorSettings {
+        batch_records_max,
+        ..ProjectorSettings::default()
+    }
+}
+
+async fn caught_up(log: &Arc<dyn EventLog>, store: &ReadStore) {
+    let wait = async {
+        while lag(log.as_ref(), store).await.unwrap() > 0 {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    };
+    tokio::time::timeout(CATCH_UP_TIMEOUT, wait)
+        .await
+        .expect("the projector should catch up with the log");
+}
+
+async fn count(store: &ReadStore, table: &str) -> usize {
+    let sql = format!("SELECT COUNT(*) FROM {table}");
+    let count: i64 = sqlx::query_scalar(AssertSqlSafe(sql))
+        .fetch_one(store.pool())
+        .await
+        .unwrap();
+    usize::try_from(count).unwrap()
+}
+
+/// Every row of every read table as text, in key order.
+async fn dump(store: &ReadStore) -> Vec<String> {
+    let tables = [
+        "accounts",
+        "transactions",
+        "statement_lines",
+        "account_events",
+        "projection_offsets",
+    ];
+    let mut rows = Vec::new();
+    for table in tables {
+        let sql = format!("SELECT * FROM {table} ORDER BY 1, 2, 3");
+        let fetched = sqlx::query(AssertSqlSafe(sql))
+            .fetch_all(store.pool())
+            .await
+            .unwrap();
+        for row in &fetched {
+            let cells: Vec<String> = (0..row.columns().len()).map(|i| cell(row, i)).collect();
+            rows.push(format!("{table}: {}", cells.join(" | ")));
+        }
+    }
+    rows
+}
+
+fn cell(row: &SqliteRow, index: usize) -> String {
+    let text = row.try_get::<Option<String>, _>(index).or_else(|_| {
+        let number = row.try_get::<Option<i64>, _>(index)?;
+        Ok::<_, sqlx::Error>(number.map(|number| number.to_string()))
+    });
+    text.unwrap().unwrap_or_else(|| "NULL".to_owned())
+}
+
+async fn statement(store: &ReadStore, account_id: AccountId) -> Vec<(String, String, String)> {
+    sqlx::query_as(
+        "SELECT entry, amount, balance_after FROM statement_lines WHERE account_id = ? \
+         ORDER BY sequence",
+    )
+    .bind(account_id.to_string())
+    .fetch_all(store.pool())
+    .await
+    .unwrap()
+}
+
+fn line(entry: &str, amount: &str, balance_after: &str) -> (String, String, String) {
+    (
+        entry.to_owned(),
+        amount.to_owned(),
+        balance_after.to_owned(),
+    )
+}
+
+#[tokio::test]
+async fn the_read_tables_follow_an_account_through_a_credit_and_an_airtime_send() {
+    let mut world = World::new().await;
+    let store = world.store("read.db").await;
+    let projector = Projector::start(&world.log, &store, ProjectorSettings::default());
+    let account_id = AccountId::new();
+
+    let opened = world.submit(account_id, open()).await;
+    let top_up = TransactionId::new();
+    world.submit(account_id, add_money(top_up, "100")).await;
+    caught_up(&world.log, &store).await;
+
+    let account = store.account(account_id).await.unwrap().unwrap();
+    assert_eq!(account.balance.to_string(), "100.00");
+    assert_eq!(account.last_causation_id, opened.command_id);
+    let city = account.billing_address.and_then(|address| address.city);
+    assert_eq!(city.as_deref(), Some("Nairobi"));
+    let top_up = store.transaction(top_up).await.unwrap().unwrap();
+    assert_eq!(top_up.transaction_type, TransactionType::AddMoney);
+    assert_eq!(top_up.status, TransactionStatus::Successful);
+
+    let airtime = TransactionId::new();
+    world
+        .submit(account_id, send_airtime(airtime, "30.5"))
+        .await;
+    caught_up(&world.log, &store).await;
+
+    let account = store.account(account_id).await.unwrap().unwrap();
+    assert_eq!(
+        (account.held, account.available),
+        (money("30.50"), money("69.50"))
+    );
+    let pending = store.transaction(airtime).await.unwrap().unwrap();
+    assert_eq!(pending.status, TransactionStatus::Processing);
+    assert_eq!(pending.phone_number.as_deref(), Some("+254712345678"));
+    assert_eq!(pending.account_id, account_id);
+
+    world
+        .submit(account_id, complete(airtime, "provider-7"))
+        .await;
+    caught_up(&world.log, &store).await;
+
+    let account = store.account(account_id).await.unwrap().unwrap();
+    assert_eq!(account.balance.to_string(), "69.50");
+    assert_eq!(account.held.to_string(), "0.00");
+    assert_eq!(account.sequence, 8);
+    let sent = store.transaction(airtime).await.unwrap().unwrap();
+    assert_eq!(sent.status, TransactionStatus::Successful);
+    assert_eq!(sent.provider_reference.as_deref(), Some("provider-7"));
+    assert_eq!(
+        statement(&store, account_id).await,
+        vec![
+            line("CREDIT", "100.00", "100.00"),
+            line("DEBIT", "30.50", "69.50")
+        ]
+    );
+    let events = store.account_events(account_id, 0, 100).await.unwrap();
+    let types: Vec<&str> = events.iter().map(|e| e.event_type.as_str()).collect();
+    assert_eq!(
+        types,
+        [
+            "AccountOpened",
+            "TransactionStarted",
+            "AccountCredited",
+            "TransactionSucceeded",
+            "TransactionStarted",
+            "FundsReserved",
+            "ReservationPosted",
+            "TransactionSucceeded",
+        ][..]
+    );
+    assert_eq!(events.len(), world.events);
+    projector.stop().await;
+}
+
+#[tokio::test]
+async fn failures_updates_and_undecodable_records_show_without_stopping_the_projector() {
+    let mut world = World::new().await;
+    let store = world.store("read.db").await;
+    let projector = Projector::start(&world.log, &store, ProjectorSettings::default());
+    let account_id = AccountId::new();
+    world.submit(account_id, open()).await;
+    let garbage = NewRecord {
+        topic: Topic::Commands,
+        key: account_id.to_string(),
+        payload: b"{\"commandId\": 42".to_vec(),
+    };
+    world.log.append(vec![garbage]).await.unwrap();
+
+    let too_much = TransactionId::new();
+    world.submit(account_id, send_airtime(too_much, "5")).await;
+    let info = AccountInfo::parse("Ada L.", "ada@example.org", "+14155552671").unwrap();
+    let update = LedgerCommand::UpdateAccount {
+        info,
+        billing_address: None,
+    };
+    let updated = world.submit(account_id, update).await;
+    caught_up(&world.log, &store).await;
+
+    let failed = store.transaction(too_much).await.unwrap().unwrap();
+    assert_eq!(failed.status, TransactionStatus::Failed);
+    assert_eq!(
+        failed.failure_reason,
+        Some(FailureReason::InsufficientFunds)
+    );
+    let account = store.account(account_id).await.unwrap().unwrap();
+    assert_eq!(
+        (account.name.as_str(), account.email.as_str()),
+        ("Ada L.", "ada@example.org")
+    );
+    assert_eq!(account.last_causation_id, updated.command_id);
+    assert_eq!(account.billing_address, None);
+    let offsets = store.offsets().await.unwrap();
+    let skipped: u64 = offsets.iter().map(|offset| offset.skipped_records).sum();
+    assert_eq!(skipped, 1);
+    projector.stop().await;
+}
+
+#[tokio::test]
+async fn a_projector_stopped_killed_and_restarted_applies_every_record_exactly_once() {
+    let mut world = World::new().await;
+    let store = world.store("read.db").await;
+    let accounts: Vec<AccountId> = (0..6).map(|_| AccountId::new()).collect();
+    for &account_id in &accounts[..3] {
+        world.busy_account(account_id).await;
+    }
+
+    // A first run stopped cleanly after it caught up.
+    let projector = Projector::start(&world.log, &store, small_batches(3));
+    caught_up(&world.log, &store).await;
+    projector.stop().await;
+    let offsets_before = store.offsets().await.unwrap();
+
+    // More records, and a run killed while it is still catching up.
+    for &account_id in &accounts[3..] {
+        world.busy_account(account_id).await;
+    }
+    let behind = lag(world.log.as_ref(), &store).await.unwrap();
+    let projector = Projector::start(&world.log, &store, small_batches(2));
+    let progress = async {
+        while lag(world.log.as_ref(), &store).await.unwrap() == behind {
+            tokio::task::yield_now().await;
+        }
+    };
+    tokio::time::timeout(CATCH_UP_TIMEOUT, progress)
+        .await
+        .expect("the projector should make progress");
+    projector.kill().await;
+
+    // A last run on the same store finishes the job.
+    let projector = Projector::start(&world.log, &store, small_batches(5));
+    caught_up(&world.log, &store).await;
+    projector.stop().await;
+
+    assert_eq!(count(&store, "statement_lines").await, world.money_events);
+    assert_eq!(count(&store, "account_events").await, world.events);
+    assert_eq!(
+        count(&store, "transactions").await,
+        world.transaction_commands
+    );
+    assert_eq!(count(&store, "accounts").await, accounts.len());
+    for &account_id in &accounts {
+        let account = store.account(account_id).await.unwrap().unwrap();
+        assert_eq!(account.balance, world.balance(account_id), "{account_id}");
+        assert_eq!(account.held, Decimal::ZERO);
+    }
+    let offsets_after = store.offsets().await.unwrap();
+    for before in &offsets_before {
+        let after = offsets_after
+            .iter()
+            .find(|after| after.topic_partition() == before.topic_partition());
+        assert!(after.is_some_and(|after| after.next_offset >= before.next_offset));
+    }
+    let stored_total: u64 = offsets_after.iter().map(|offset| offset.next_offset).sum();
+    let appended = world.events + world.commands;
+    assert_eq!(stored_total, u64::try_from(appended).unwrap());
+}
+
+#[tokio::test]
+async fn rebuilding_into_a_fresh_store_from_offset_zero_gives_identical_tables() {
+    let mut world = World::new().await;
+    for _ in 0..5 {
+        world.busy_account(AccountId::new()).await;
+    }
+    // Rejected commands put this account's commands far behind its events, so a projector
+    // reading small batches sees its credit's events before the command that asked for it.
+    let late = AccountId::new();
+    for _ in 0..40 {
+        world.submit(late, open()).await;
+    }
+    world
+        .submit(late, add_money(TransactionId::new(), "1"))
+        .await;
+    let original = world.store("original.db").await;
+    let projector = Projector::start(&world.log, &original, ProjectorSettings::default());
+    caught_up(&world.log, &original).await;
+    projector.stop().await;
+
+    // Other batch boundaries, so the commands and events meet in another order.
+    let rebuilt = world.store("rebuilt.db").await;
+    let projector = Projector::start(&world.log, &rebuilt, small_batches(7));
+    caught_up(&world.log, &rebuilt).await;
+    projector.stop().await;
+
+    let rows = dump(&original).await;
+    assert!(rows.len() > world.events, "every table should have rows");
+    assert_eq!(rows, dump(&rebuilt).await);
+}
