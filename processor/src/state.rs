@@ -1,0 +1,75 @@
+//! What the processor remembers of one events partition, so it can act on an event that does
+//! not carry everything it needs.
+//!
+//! A `TransactionSucceeded` names no amount and a `FundsReserved` no phone number: both live
+//! in the transaction's `TransactionStarted`, and the account holder's contacts live in their
+//! `AccountOpened` or latest `AccountUpdated`. A [`PartitionState`] folds a partition's events
+//! in offset order and keeps exactly those facts. It is never stored: the worker rebuilds it by
+//! reading the partition from its start, which is why applying an event here has no effects.
+//!
+//! Memory: one [`AccountInfo`] per account in the partition, and the terms of transactions
+//! still open (airtime waiting for its provider). Terms are dropped when their transaction
+//! ends.
+
+use std::collections::HashMap;
+
+use tally_domain::{
+    AccountEvent, AccountId, AccountInfo, EventEnvelope, LedgerEvent, TransactionEvent,
+    TransactionId, transaction::TransactionTerms,
+};
+
+/// The facts of one events partition, up to (not including) [`PartitionState::next_offset`].
+#[derive(Clone, Debug, Default)]
+pub struct PartitionState {
+    next_offset: u64,
+    contacts: HashMap<AccountId, AccountInfo>,
+    open_transactions: HashMap<TransactionId, TransactionTerms>,
+}
+
+impl PartitionState {
+    /// The offset of the next event to apply: every event before it has been applied.
+    pub fn next_offset(&self) -> u64 {
+        self.next_offset
+    }
+
+    /// The account holder's name and contacts as of the events applied so far.
+    pub fn contact(&self, account_id: AccountId) -> Option<&AccountInfo> {
+        self.contacts.get(&account_id)
+    }
+
+    /// The terms of a transaction that has started and not yet ended.
+    pub fn open_transaction(&self, transaction_id: TransactionId) -> Option<&TransactionTerms> {
+        self.open_transactions.get(&transaction_id)
+    }
+
+    pub fn open_transaction_count(&self) -> usize {
+        self.open_transactions.len()
+    }
+
+    /// Applies the event stored at `offset`, which must be the next one.
+    pub fn apply(&mut self, offset: u64, envelope: &EventEnvelope) {
+        assert_eq!(
+            offset, self.next_offset,
+            "events must be applied in offset order, without gaps"
+        );
+        self.next_offset = offset + 1;
+
+        match &envelope.event {
+            LedgerEvent::Account(AccountEvent::AccountOpened { info, .. })
+            | LedgerEvent::Account(AccountEvent::AccountUpdated { info, .. }) => {
+                self.contacts.insert(envelope.account_id, info.clone());
+            }
+            LedgerEvent::Transaction(TransactionEvent::TransactionStarted(terms)) => {
+                self.open_transactions
+                    .insert(terms.transaction_id, terms.clone());
+            }
+            LedgerEvent::Transaction(
+                TransactionEvent::TransactionSucceeded { transaction_id, .. }
+                | TransactionEvent::TransactionFailed { transaction_id, .. },
+            ) => {
+                self.open_transactions.remove(transaction_id);
+            }
+            LedgerEvent::Account(_) => {}
+        }
+    }
+}
