@@ -1,0 +1,200 @@
+//! Start-up and shutdown: builds every role from [`Settings`] and runs them in one process.
+//!
+//! `tally up` is this module. The API, the decider, the projector and the processor run as
+//! tasks over one embedded log and one read store. On shutdown the API stops taking requests
+//! and finishes the ones in flight, then each worker commits its current batch and stops, so
+//! nothing the API accepted is lost.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use anyhow::Context;
+use tally_commands::decider::{self, DeciderSettings};
+use tally_commands::log::EventLog;
+use tally_commands::log::sqlite::{SqliteLog, SqliteLogSettings};
+use tally_processor::ProcessorSettings;
+use tally_processor::airtime::{AirtimeProvider, HttpProvider, HttpProviderSettings, Simulator};
+use tally_projections::{ProjectorSettings, ReadStore};
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tokio::task::JoinSet;
+use tracing::{error, info};
+
+use crate::auth::{self, AuthSettings, AuthState, JwtKeys, Role};
+use crate::routes;
+use crate::settings::{AirtimeProviderKind, Settings};
+use crate::state::AppState;
+
+/// A running Tally: its API address and the handle that stops it.
+pub struct RunningApp {
+    pub address: SocketAddr,
+    shutdown: watch::Sender<bool>,
+    tasks: JoinSet<anyhow::Result<()>>,
+}
+
+impl RunningApp {
+    /// Asks every role to stop and waits until each has committed and stopped.
+    pub async fn stop(self) -> anyhow::Result<()> {
+        let _ = self.shutdown.send(true);
+        self.wait().await
+    }
+
+    /// Waits for the roles; the first failure stops the others.
+    pub async fn wait(mut self) -> anyhow::Result<()> {
+        let mut outcome = Ok(());
+        while let Some(joined) = self.tasks.join_next().await {
+            let result = joined.context("a role panicked").and_then(|result| result);
+            if let Err(error) = result {
+                error!(
+                    error = format!("{error:#}"),
+                    "role failed; stopping the others"
+                );
+                let _ = self.shutdown.send(true);
+                outcome = outcome.and(Err(error));
+            }
+        }
+        outcome
+    }
+
+    pub fn shutdown_handle(&self) -> watch::Sender<bool> {
+        self.shutdown.clone()
+    }
+}
+
+/// Opens the stores, starts every role, and returns once the API listens.
+pub async fn start(settings: Settings) -> anyhow::Result<RunningApp> {
+    std::fs::create_dir_all(&settings.data_dir).with_context(|| {
+        format!(
+            "cannot create data directory {}",
+            settings.data_dir.display()
+        )
+    })?;
+    let log = open_log(&settings).await?;
+    let store = ReadStore::open_sqlite(&settings.data_dir.join("read.db"))
+        .await
+        .context("cannot open the read store")?;
+    let auth = auth_state(&settings, &store).await?;
+    bootstrap_admin(&settings, &auth).await?;
+
+    let (shutdown, stopping) = watch::channel(false);
+    let mut tasks = JoinSet::new();
+    spawn_workers(&mut tasks, &settings, &log, &store, &stopping)?;
+
+    let listener = TcpListener::bind(settings.listen)
+        .await
+        .with_context(|| format!("cannot listen on {}", settings.listen))?;
+    let address = listener.local_addr().context("listener has no address")?;
+    let state = AppState { auth, log, store };
+    tasks.spawn(serve(listener, routes::router(state), stopping));
+    info!(%address, data_dir = %settings.data_dir.display(), "tally is up");
+    Ok(RunningApp {
+        address,
+        shutdown,
+        tasks,
+    })
+}
+
+async fn open_log(settings: &Settings) -> anyhow::Result<Arc<dyn EventLog>> {
+    let mut log_settings = SqliteLogSettings::new(&settings.data_dir, settings.partitions);
+    log_settings.synchronous_full = settings.log_sync_full;
+    let log = SqliteLog::open(log_settings)
+        .await
+        .context("cannot open the event log")?;
+    Ok(log)
+}
+
+async fn auth_state(settings: &Settings, store: &ReadStore) -> anyhow::Result<AuthState> {
+    let jwt = match &settings.jwt_secret {
+        Some(secret) => JwtKeys::from_secret(secret),
+        None => JwtKeys::load_or_create(&settings.data_dir),
+    }
+    .context("cannot load the token secret")?;
+    let auth_settings = AuthSettings::new(settings.bcrypt_cost, settings.token_lifetime_s)
+        .context("invalid auth settings")?;
+    Ok(AuthState {
+        pool: store.pool().clone(),
+        jwt: Arc::new(jwt),
+        settings: auth_settings,
+    })
+}
+
+/// Creates the configured administrator once; an existing one is left as it is.
+async fn bootstrap_admin(settings: &Settings, auth: &AuthState) -> anyhow::Result<()> {
+    let bootstrap = &settings.bootstrap;
+    let (Some(username), Some(password)) = (&bootstrap.admin_username, &bootstrap.admin_password)
+    else {
+        return Ok(());
+    };
+    let roles = [Role::Admin];
+    match auth::create_user(&auth.pool, &auth.settings, username, password, &roles).await {
+        Ok(uid) => info!(%uid, "administrator created"),
+        Err(error) if error.code() == "username_taken" => {}
+        Err(error) => return Err(anyhow::anyhow!("cannot create the administrator: {error}")),
+    }
+    Ok(())
+}
+
+fn spawn_workers(
+    tasks: &mut JoinSet<anyhow::Result<()>>,
+    settings: &Settings,
+    log: &Arc<dyn EventLog>,
+    store: &ReadStore,
+    stopping: &watch::Receiver<bool>,
+) -> anyhow::Result<()> {
+    let decider = decider::run(log.clone(), DeciderSettings::default(), stopping.clone());
+    tasks.spawn(async move { decider.await.context("decider failed") });
+
+    let projector = tally_projections::run(
+        log.clone(),
+        store.clone(),
+        ProjectorSettings::default(),
+        stopping.clone(),
+    );
+    tasks.spawn(async move { projector.await.context("projector failed") });
+
+    let provider = airtime_provider(settings)?;
+    let processor = tally_processor::run(
+        log.clone(),
+        provider,
+        ProcessorSettings::default(),
+        stopping.clone(),
+    );
+    tasks.spawn(async move { processor.await.context("processor failed") });
+    Ok(())
+}
+
+fn airtime_provider(settings: &Settings) -> anyhow::Result<Arc<dyn AirtimeProvider>> {
+    let airtime = &settings.airtime;
+    match airtime.provider {
+        AirtimeProviderKind::Simulator => Ok(Arc::new(Simulator)),
+        AirtimeProviderKind::Http => {
+            let base_url = airtime.url.clone().context("--airtime-url is required")?;
+            let api_key = airtime
+                .api_key
+                .clone()
+                .context("--airtime-api-key is required")?;
+            let provider_settings = HttpProviderSettings {
+                base_url,
+                api_key,
+                timeout_ms: airtime.timeout_ms,
+            };
+            let provider = HttpProvider::new(provider_settings).context("bad airtime settings")?;
+            Ok(Arc::new(provider))
+        }
+    }
+}
+
+/// Serves HTTP until `stopping` turns true, then finishes the requests in flight.
+async fn serve(
+    listener: TcpListener,
+    router: axum::Router,
+    mut stopping: watch::Receiver<bool>,
+) -> anyhow::Result<()> {
+    let stopped = async move {
+        let _ = stopping.wait_for(|stop| *stop).await;
+    };
+    axum::serve(listener, router)
+        .with_graceful_shutdown(stopped)
+        .await
+        .context("http server failed")
+}

@@ -1,0 +1,321 @@
+//! Account routes: open, update and read an account, its balance and its events; and the
+//! administrators' credit and debit.
+//!
+//! An account's id is its owner's uid. Callers reach only their own account; another user's
+//! answers 404, exactly as a missing one does, so ids cannot be probed. Opening and updating
+//! go through the log like every change, and the handler waits until the read store shows the
+//! result, so the response carries the account as it now stands.
+
+use std::time::Duration;
+
+use axum::extract::{Query, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::Response;
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+use tally_commands::message::CommandEnvelope;
+use tally_domain::{
+    AccountId, AccountInfo, BillingAddress, CommandId, Currency, LedgerCommand, TransactionType,
+};
+use uuid::Uuid;
+
+use crate::auth::{Caller, Role};
+use crate::error::ApiError;
+use crate::extract::{JsonBody, Path};
+use crate::reads::{self, AccountView, BalanceView, CommandOutcome};
+use crate::routes::transactions::{new_request, parse_amount, submit_request};
+use crate::state::AppState;
+
+/// How long opening or updating waits for the read store to show the result. Far above the
+/// projector's usual lag; past it the caller gets 503 and can read the account later.
+const COMMAND_WAIT_MS_MAX: u64 = 10_000;
+/// Pause between two looks at the read store while waiting.
+const COMMAND_POLL_MS: u64 = 5;
+/// Largest page of events one request returns.
+const EVENTS_PAGE_SIZE_MAX: u32 = 500;
+
+pub fn router() -> Router<AppState> {
+    Router::new()
+        .route("/account/{uid}", post(open).put(update).get(account))
+        .route("/account/balance/{uid}", get(balance))
+        .route("/account/info/{uid}", get(info))
+        .route("/account/{uid}/events", get(events))
+        .route("/account/credit/{uid}", post(credit))
+        .route("/account/debit/{uid}", post(debit))
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+struct AccountBody {
+    account_info: AccountInfoBody,
+    billing_address: Option<BillingAddress>,
+    currency_code: Option<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+struct AccountInfoBody {
+    name: String,
+    email: String,
+    phone_number: String,
+}
+
+impl AccountBody {
+    fn parse(self) -> Result<(AccountInfo, Option<BillingAddress>, Option<Currency>), ApiError> {
+        let info = &self.account_info;
+        let invalid =
+            |error: tally_domain::ContactError| ApiError::invalid(error.code(), error.to_string());
+        let account_info =
+            AccountInfo::parse(&info.name, &info.email, &info.phone_number).map_err(invalid)?;
+        if let Some(address) = &self.billing_address {
+            address.validate().map_err(invalid)?;
+        }
+        let currency = match &self.currency_code {
+            None => None,
+            Some(code) => Some(code.parse::<Currency>().map_err(|_| {
+                ApiError::invalid(
+                    "unknown_currency",
+                    format!("{code:?} is not a supported currency"),
+                )
+            })?),
+        };
+        Ok((account_info, self.billing_address, currency))
+    }
+}
+
+/// The currency of an account opened without one.
+const CURRENCY_DEFAULT: Currency = Currency::USD;
+
+/// Resolves the account a caller names, answering 404 for anyone else's.
+fn owned(caller: &Caller, uid: Uuid) -> Result<AccountId, ApiError> {
+    if caller.uid != uid && !caller.is_admin() {
+        return Err(account_not_found());
+    }
+    Ok(AccountId(uid))
+}
+
+fn account_not_found() -> ApiError {
+    ApiError::not_found("account_not_found", "no such account")
+}
+
+async fn open(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(uid): Path<Uuid>,
+    JsonBody(body): JsonBody<AccountBody>,
+) -> Result<(StatusCode, Json<AccountView>), ApiError> {
+    if caller.uid != uid {
+        return Err(account_not_found());
+    }
+    let account_id = AccountId(uid);
+    let (info, billing_address, currency) = body.parse()?;
+    if reads::account(&state.store, account_id).await?.is_some() {
+        return Err(already_exists());
+    }
+    let currency = currency.unwrap_or(CURRENCY_DEFAULT);
+    let command = LedgerCommand::OpenAccount {
+        info,
+        billing_address,
+        currency,
+    };
+    let command_id = append(&state, account_id, caller.uid, command).await?;
+    match wait_for(&state, account_id, command_id, true).await? {
+        CommandOutcome::Applied => Ok((StatusCode::CREATED, Json(load(&state, account_id).await?))),
+        CommandOutcome::Superseded => Err(already_exists()),
+    }
+}
+
+fn already_exists() -> ApiError {
+    ApiError::conflict("account_already_exists", "this user already has an account")
+}
+
+async fn update(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(uid): Path<Uuid>,
+    JsonBody(body): JsonBody<AccountBody>,
+) -> Result<Json<AccountView>, ApiError> {
+    let account_id = owned(&caller, uid)?;
+    let (info, billing_address, currency) = body.parse()?;
+    let current = load(&state, account_id).await?;
+    if currency.is_some_and(|currency| currency != current.currency) {
+        let detail = "an account's currency cannot change";
+        return Err(ApiError::invalid("currency_cannot_change", detail));
+    }
+    let command = LedgerCommand::UpdateAccount {
+        info,
+        billing_address,
+    };
+    let command_id = append(&state, account_id, caller.uid, command).await?;
+    wait_for(&state, account_id, command_id, false).await?;
+    Ok(Json(load(&state, account_id).await?))
+}
+
+async fn append(
+    state: &AppState,
+    account_id: AccountId,
+    requested_by: Uuid,
+    command: LedgerCommand,
+) -> Result<CommandId, ApiError> {
+    let envelope = CommandEnvelope::new(account_id, Some(requested_by), command);
+    state
+        .log
+        .append(vec![envelope.to_record()])
+        .await
+        .map_err(|error| {
+            tracing::error!(error = %error, "command append failed");
+            ApiError::ServiceUnavailable { retry_after_s: 1 }
+        })?;
+    Ok(envelope.command_id)
+}
+
+/// Waits until the read store shows what became of a command.
+async fn wait_for(
+    state: &AppState,
+    account_id: AccountId,
+    command_id: CommandId,
+    opening: bool,
+) -> Result<CommandOutcome, ApiError> {
+    let deadline = tokio::time::Instant::now() + Duration::from_millis(COMMAND_WAIT_MS_MAX);
+    loop {
+        if let Some(outcome) =
+            reads::command_outcome(&state.store, account_id, command_id, opening).await?
+        {
+            return Ok(outcome);
+        }
+        if tokio::time::Instant::now() >= deadline {
+            return Err(ApiError::ResultPending { retry_after_s: 1 });
+        }
+        tokio::time::sleep(Duration::from_millis(COMMAND_POLL_MS)).await;
+    }
+}
+
+async fn load(state: &AppState, account_id: AccountId) -> Result<AccountView, ApiError> {
+    reads::account(&state.store, account_id)
+        .await?
+        .ok_or_else(account_not_found)
+}
+
+async fn account(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(uid): Path<Uuid>,
+) -> Result<Json<AccountView>, ApiError> {
+    Ok(Json(load(&state, owned(&caller, uid)?).await?))
+}
+
+async fn balance(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(uid): Path<Uuid>,
+) -> Result<Json<BalanceView>, ApiError> {
+    Ok(Json(load(&state, owned(&caller, uid)?).await?.balance))
+}
+
+async fn info(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(uid): Path<Uuid>,
+) -> Result<Json<Value>, ApiError> {
+    let view = load(&state, owned(&caller, uid)?).await?;
+    Ok(Json(
+        serde_json::json!({ "accountId": view.account_id, "accountInfo": view.account_info }),
+    ))
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+struct EventsQuery {
+    /// Return events after this sequence number.
+    after: Option<u64>,
+    limit: Option<u32>,
+}
+
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct EventsPage {
+    events: Vec<Value>,
+    /// Pass as `after` to read the next page; absent on the last page.
+    next_after: Option<u64>,
+}
+
+async fn events(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(uid): Path<Uuid>,
+    query: Result<Query<EventsQuery>, axum::extract::rejection::QueryRejection>,
+) -> Result<Json<EventsPage>, ApiError> {
+    let account_id = owned(&caller, uid)?;
+    let Query(query) =
+        query.map_err(|error| ApiError::invalid("invalid_query", error.body_text()))?;
+    load(&state, account_id).await?;
+    let limit = query.limit.unwrap_or(100).clamp(1, EVENTS_PAGE_SIZE_MAX);
+    let after = query.after.unwrap_or(0);
+    let (events, last) = reads::account_events(&state.store, account_id, after, limit).await?;
+    let next_after = if events.len() == limit as usize {
+        last
+    } else {
+        None
+    };
+    Ok(Json(EventsPage { events, next_after }))
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+struct AdjustmentBody {
+    amount: Value,
+}
+
+async fn credit(
+    state: State<AppState>,
+    caller: Caller,
+    uid: Path<Uuid>,
+    headers: HeaderMap,
+    body: JsonBody<AdjustmentBody>,
+) -> Result<Response, ApiError> {
+    adjust(
+        state,
+        caller,
+        uid,
+        headers,
+        body,
+        TransactionType::AdminCredit,
+    )
+    .await
+}
+
+async fn debit(
+    state: State<AppState>,
+    caller: Caller,
+    uid: Path<Uuid>,
+    headers: HeaderMap,
+    body: JsonBody<AdjustmentBody>,
+) -> Result<Response, ApiError> {
+    adjust(
+        state,
+        caller,
+        uid,
+        headers,
+        body,
+        TransactionType::AdminDebit,
+    )
+    .await
+}
+
+async fn adjust(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(uid): Path<Uuid>,
+    headers: HeaderMap,
+    JsonBody(body): JsonBody<AdjustmentBody>,
+    transaction_type: TransactionType,
+) -> Result<Response, ApiError> {
+    caller.require_role(Role::Admin)?;
+    let account_id = AccountId(uid);
+    let currency = load(&state, account_id).await?.currency;
+    let amount = parse_amount(&body.amount, currency)?;
+    let request = new_request(account_id, transaction_type, amount, currency, None);
+    submit_request(&state, caller.uid, request, &headers).await
+}

@@ -1,0 +1,271 @@
+//! `POST /transaction` and `GET /transaction/{transactionId}`: money moves in, status comes out.
+//!
+//! A submission is checked for shape, amount and ownership here, recorded, and appended as a
+//! command; the answer is 202 once the command is durably in the log. Funds are decided later,
+//! by the decider, so a balance that is too low shows up as a `FAILED` status, not as a 4xx.
+
+use axum::extract::State;
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+use tally_commands::message::CommandEnvelope;
+use tally_domain::ledger::AdjustmentDirection;
+use tally_domain::{
+    AccountId, Amount, Currency, LedgerCommand, PhoneNumber, TransactionId, TransactionStatus,
+    TransactionType,
+};
+use uuid::Uuid;
+
+use crate::auth::Caller;
+use crate::error::ApiError;
+use crate::extract::{JsonBody, Path};
+use crate::reads::{self, TransactionView};
+use crate::requests::{self, Recorded, TransactionRequest};
+use crate::state::AppState;
+
+pub fn router() -> Router<AppState> {
+    Router::new()
+        .route("/transaction", post(submit))
+        .route("/transaction/{transaction_id}", get(status))
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+struct SubmitBody {
+    transaction_type: String,
+    add_money_request: Option<AddMoneyBody>,
+    send_airtime_request: Option<SendAirtimeBody>,
+    currency_code: Option<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+struct AddMoneyBody {
+    amount: Value,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+struct SendAirtimeBody {
+    amount: Value,
+    phone_number: String,
+}
+
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct Accepted {
+    transaction_id: TransactionId,
+    transaction_status: &'static str,
+}
+
+async fn submit(
+    State(state): State<AppState>,
+    caller: Caller,
+    headers: HeaderMap,
+    JsonBody(body): JsonBody<SubmitBody>,
+) -> Result<Response, ApiError> {
+    let account_id = AccountId(caller.uid);
+    let currency = reads::account_currency(&state.store, account_id).await?;
+    if let Some(code) = &body.currency_code {
+        check_currency(code, currency)?;
+    }
+    let (transaction_type, amount, phone_number) = parse_submission(body, currency)?;
+    let request = new_request(account_id, transaction_type, amount, currency, phone_number);
+    submit_request(&state, caller.uid, request, &headers).await
+}
+
+/// Records and appends a request, answering 202 with its transaction id. Shared with the
+/// administrators' credit and debit.
+pub(crate) async fn submit_request(
+    state: &AppState,
+    requested_by: Uuid,
+    request: TransactionRequest,
+    headers: &HeaderMap,
+) -> Result<Response, ApiError> {
+    let key = idempotency_key(headers)?;
+    let pool = state.store.pool();
+    let (request, replayed) =
+        match requests::record(pool, &request, requested_by, key.as_deref()).await? {
+            Recorded::New => (request, false),
+            Recorded::Repeat(earlier) => (earlier, true),
+        };
+    append(state, requested_by, &request).await?;
+    let status = if replayed {
+        reads::transaction(&state.store, request.transaction_id)
+            .await?
+            .map_or(TransactionStatus::Accepted.as_str(), |view| {
+                view.status_str()
+            })
+    } else {
+        TransactionStatus::Accepted.as_str()
+    };
+    let body = Accepted {
+        transaction_id: request.transaction_id,
+        transaction_status: status,
+    };
+    let mut response = (StatusCode::ACCEPTED, Json(body)).into_response();
+    let location = format!("/transaction/{}", request.transaction_id);
+    if let Ok(value) = HeaderValue::from_str(&location) {
+        response.headers_mut().insert(header::LOCATION, value);
+    }
+    if replayed {
+        response
+            .headers_mut()
+            .insert("idempotent-replayed", HeaderValue::from_static("true"));
+    }
+    Ok(response)
+}
+
+async fn append(
+    state: &AppState,
+    requested_by: Uuid,
+    request: &TransactionRequest,
+) -> Result<(), ApiError> {
+    let envelope =
+        CommandEnvelope::new(request.account_id, Some(requested_by), command_of(request));
+    state
+        .log
+        .append(vec![envelope.to_record()])
+        .await
+        .map_err(|error| {
+            tracing::error!(error = %error, "command append failed");
+            ApiError::ServiceUnavailable { retry_after_s: 1 }
+        })?;
+    Ok(())
+}
+
+fn command_of(request: &TransactionRequest) -> LedgerCommand {
+    let (transaction_id, amount, currency) =
+        (request.transaction_id, request.amount, request.currency);
+    let adjust = |direction| LedgerCommand::AdjustBalance {
+        transaction_id,
+        direction,
+        amount,
+        currency,
+    };
+    match (request.transaction_type, &request.phone_number) {
+        (TransactionType::SendAirtime, Some(phone_number)) => LedgerCommand::SendAirtime {
+            transaction_id,
+            amount,
+            currency,
+            phone_number: phone_number.clone(),
+        },
+        (TransactionType::AdminCredit, _) => adjust(AdjustmentDirection::Credit),
+        (TransactionType::AdminDebit, _) => adjust(AdjustmentDirection::Debit),
+        _ => LedgerCommand::AddMoney {
+            transaction_id,
+            amount,
+            currency,
+        },
+    }
+}
+
+pub(crate) fn new_request(
+    account_id: AccountId,
+    transaction_type: TransactionType,
+    amount: Amount,
+    currency: Currency,
+    phone_number: Option<PhoneNumber>,
+) -> TransactionRequest {
+    TransactionRequest {
+        transaction_id: TransactionId::new(),
+        account_id,
+        transaction_type,
+        amount,
+        currency,
+        phone_number,
+        created_at_ms: chrono::Utc::now().timestamp_millis(),
+    }
+}
+
+fn idempotency_key(headers: &HeaderMap) -> Result<Option<String>, ApiError> {
+    let Some(value) = headers.get("idempotency-key") else {
+        return Ok(None);
+    };
+    requests::parse_idempotency_key(value.as_bytes()).map(Some)
+}
+
+fn parse_submission(
+    body: SubmitBody,
+    currency: Currency,
+) -> Result<(TransactionType, Amount, Option<PhoneNumber>), ApiError> {
+    match (
+        body.transaction_type.as_str(),
+        body.add_money_request,
+        body.send_airtime_request,
+    ) {
+        ("ADD_MONEY", Some(add), None) => Ok((
+            TransactionType::AddMoney,
+            parse_amount(&add.amount, currency)?,
+            None,
+        )),
+        ("SEND_AIRTIME", None, Some(send)) => {
+            let amount = parse_amount(&send.amount, currency)?;
+            let phone = PhoneNumber::parse(&send.phone_number)
+                .map_err(|error| ApiError::invalid(error.code(), error.to_string()))?;
+            Ok((TransactionType::SendAirtime, amount, Some(phone)))
+        }
+        ("ADD_MONEY", ..) => Err(mismatched_request("ADD_MONEY", "addMoneyRequest")),
+        ("SEND_AIRTIME", ..) => Err(mismatched_request("SEND_AIRTIME", "sendAirtimeRequest")),
+        (other, ..) => Err(ApiError::invalid(
+            "unknown_transaction_type",
+            format!("transactionType {other:?} is not ADD_MONEY or SEND_AIRTIME"),
+        )),
+    }
+}
+
+fn mismatched_request(kind: &str, field: &str) -> ApiError {
+    let detail = format!("{kind} needs {field} and no other request object");
+    ApiError::invalid("request_does_not_match_type", detail)
+}
+
+/// Reads an amount given as a decimal string or a JSON number, exactly as written.
+pub(crate) fn parse_amount(value: &Value, currency: Currency) -> Result<Amount, ApiError> {
+    let text = match value {
+        Value::String(text) => text.clone(),
+        Value::Number(number) => number.to_string(),
+        _ => String::new(),
+    };
+    Amount::parse(&text, currency)
+        .map_err(|error| ApiError::invalid(error.code(), error.to_string()))
+}
+
+fn check_currency(code: &str, account_currency: Currency) -> Result<(), ApiError> {
+    let currency: Currency = code.parse().map_err(|_| {
+        ApiError::invalid(
+            "unknown_currency",
+            format!("{code:?} is not a supported currency"),
+        )
+    })?;
+    if currency != account_currency {
+        let detail = format!("the account holds {account_currency}, not {currency}");
+        return Err(ApiError::invalid("currency_mismatch", detail));
+    }
+    Ok(())
+}
+
+async fn status(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(transaction_id): Path<Uuid>,
+) -> Result<Json<TransactionView>, ApiError> {
+    let transaction_id = TransactionId(transaction_id);
+    let view = match reads::transaction(&state.store, transaction_id).await? {
+        Some(view) => view,
+        None => requests::by_transaction(state.store.pool(), transaction_id)
+            .await?
+            .map(TransactionView::accepted)
+            .ok_or_else(not_found)?,
+    };
+    if view.account_id != caller.uid && !caller.is_admin() {
+        return Err(not_found());
+    }
+    Ok(Json(view))
+}
+
+fn not_found() -> ApiError {
+    ApiError::not_found("transaction_not_found", "no such transaction")
+}
