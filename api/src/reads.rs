@@ -1,18 +1,20 @@
 //! What the API reads from the read store, shaped as its responses.
 //!
-//! Amounts are stored at their currency's scale and answered as strings, exactly as stored.
-//! Times are answered in RFC 3339 UTC.
+//! The queries belong to the projections crate; this module turns their rows into the JSON
+//! the API answers with. Amounts come back at their currency's scale and are answered as
+//! strings; times are answered in RFC 3339 UTC.
 
 use chrono::{DateTime, SecondsFormat, Utc};
 use serde::Serialize;
 use serde_json::Value;
-use sqlx::Row;
-use sqlx::sqlite::SqliteRow;
 use tally_domain::money::format_at_scale;
 use tally_domain::{
     AccountId, BillingAddress, CommandId, Currency, TransactionId, TransactionStatus,
 };
 use tally_projections::ReadStore;
+use tally_projections::{
+    AccountEventRow, AccountView as AccountRow, TransactionView as TransactionRow,
+};
 use uuid::Uuid;
 
 use crate::error::ApiError;
@@ -81,7 +83,7 @@ impl TransactionView {
 
     /// A request whose command the projector has not seen yet.
     pub fn accepted(request: TransactionRequest) -> TransactionView {
-        let at = rfc3339(request.created_at_ms);
+        let at = rfc3339_ms(request.created_at_ms);
         TransactionView {
             transaction_id: request.transaction_id.0,
             transaction_type: request.transaction_type.as_str().to_owned(),
@@ -106,62 +108,46 @@ pub enum CommandOutcome {
     Superseded,
 }
 
-fn rfc3339(ms: i64) -> String {
-    DateTime::<Utc>::from_timestamp_millis(ms)
-        .unwrap_or_default()
-        .to_rfc3339_opts(SecondsFormat::Millis, true)
+fn rfc3339(at: DateTime<Utc>) -> String {
+    at.to_rfc3339_opts(SecondsFormat::Millis, true)
 }
 
-fn corrupt(what: &str) -> ApiError {
-    ApiError::internal(anyhow::anyhow!("read store holds a bad {what}"))
+fn rfc3339_ms(ms: i64) -> String {
+    rfc3339(DateTime::<Utc>::from_timestamp_millis(ms).unwrap_or_default())
 }
 
-fn uuid_of(row: &SqliteRow, column: &str) -> Result<Uuid, ApiError> {
-    let text: String = row.try_get(column)?;
-    Uuid::parse_str(&text).map_err(|_| corrupt(column))
+fn read_failed(error: tally_projections::ProjectionError) -> ApiError {
+    ApiError::internal(anyhow::Error::new(error).context("read store query failed"))
 }
 
 pub async fn account(
     store: &ReadStore,
     account_id: AccountId,
 ) -> Result<Option<AccountView>, ApiError> {
-    let row = sqlx::query("SELECT * FROM accounts WHERE account_id = ?")
-        .bind(account_id.to_string())
-        .fetch_optional(store.pool())
-        .await?;
-    row.map(|row| account_from_row(&row)).transpose()
+    let row = store.account(account_id).await.map_err(read_failed)?;
+    Ok(row.map(account_view))
 }
 
-fn account_from_row(row: &SqliteRow) -> Result<AccountView, ApiError> {
-    let currency_code: String = row.try_get("currency")?;
-    let currency: Currency = currency_code.parse().map_err(|_| corrupt("currency"))?;
-    let billing_address = BillingAddress {
-        address_line1: row.try_get("address_line1")?,
-        address_line2: row.try_get("address_line2")?,
-        city: row.try_get("city")?,
-        state: row.try_get("state")?,
-        postal_code: row.try_get("postal_code")?,
-        country: row.try_get("country")?,
-    };
-    let has_address = billing_address != BillingAddress::default();
-    Ok(AccountView {
-        account_id: uuid_of(row, "account_id")?,
+fn account_view(row: AccountRow) -> AccountView {
+    let currency = row.currency;
+    AccountView {
+        account_id: row.account_id.0,
         account_info: AccountInfoView {
-            name: row.try_get("name")?,
-            email: row.try_get("email")?,
-            phone_number: row.try_get("phone_number")?,
+            name: row.name,
+            email: row.email,
+            phone_number: row.phone_number,
         },
         balance: BalanceView {
-            account_balance: row.try_get("balance")?,
-            available_balance: row.try_get("available")?,
-            held_balance: row.try_get("held")?,
-            currency_code,
+            account_balance: format_at_scale(row.balance, currency),
+            available_balance: format_at_scale(row.available, currency),
+            held_balance: format_at_scale(row.held, currency),
+            currency_code: currency.code().to_owned(),
         },
-        billing_address: has_address.then_some(billing_address),
-        created_at: rfc3339(row.try_get("created_at_ms")?),
-        updated_at: rfc3339(row.try_get("updated_at_ms")?),
+        billing_address: row.billing_address,
+        created_at: rfc3339(row.created_at),
+        updated_at: rfc3339(row.updated_at),
         currency,
-    })
+    }
 }
 
 /// The currency of the caller's account; 404 when the caller has none.
@@ -179,26 +165,26 @@ pub async fn transaction(
     store: &ReadStore,
     transaction_id: TransactionId,
 ) -> Result<Option<TransactionView>, ApiError> {
-    let row = sqlx::query("SELECT * FROM transactions WHERE transaction_id = ?")
-        .bind(transaction_id.to_string())
-        .fetch_optional(store.pool())
-        .await?;
-    row.map(|row| transaction_from_row(&row)).transpose()
+    let row = store
+        .transaction(transaction_id)
+        .await
+        .map_err(read_failed)?;
+    Ok(row.map(transaction_view))
 }
 
-fn transaction_from_row(row: &SqliteRow) -> Result<TransactionView, ApiError> {
-    Ok(TransactionView {
-        transaction_id: uuid_of(row, "transaction_id")?,
-        transaction_type: row.try_get("transaction_type")?,
-        transaction_status: row.try_get("status")?,
-        amount: row.try_get("amount")?,
-        currency_code: row.try_get("currency")?,
-        phone_number: row.try_get("phone_number")?,
-        failure_reason: row.try_get("failure_reason")?,
-        created_at: rfc3339(row.try_get("created_at_ms")?),
-        updated_at: rfc3339(row.try_get("updated_at_ms")?),
-        account_id: uuid_of(row, "account_id")?,
-    })
+fn transaction_view(row: TransactionRow) -> TransactionView {
+    TransactionView {
+        transaction_id: row.transaction_id.0,
+        transaction_type: row.transaction_type.as_str().to_owned(),
+        transaction_status: row.status.as_str().to_owned(),
+        amount: format_at_scale(row.amount, row.currency),
+        currency_code: row.currency.code().to_owned(),
+        phone_number: row.phone_number,
+        failure_reason: row.failure_reason.map(|reason| reason.code().to_owned()),
+        created_at: rfc3339(row.created_at),
+        updated_at: rfc3339(row.updated_at),
+        account_id: row.account_id.0,
+    }
 }
 
 /// Whether the read store shows the events of an account command yet. An opening is
@@ -239,46 +225,29 @@ pub async fn account_events(
     after_sequence: u64,
     limit: u32,
 ) -> Result<(Vec<Value>, Option<u64>), ApiError> {
-    let rows = sqlx::query(
-        "SELECT * FROM account_events WHERE account_id = ? AND sequence > ? \
-         ORDER BY sequence LIMIT ?",
-    )
-    .bind(account_id.to_string())
-    .bind(i64::try_from(after_sequence).unwrap_or(i64::MAX))
-    .bind(i64::from(limit))
-    .fetch_all(store.pool())
-    .await?;
-    let events = rows
-        .iter()
-        .map(event_from_row)
-        .collect::<Result<Vec<_>, _>>()?;
-    let last = rows
-        .last()
-        .map(|row| row.try_get::<i64, _>("sequence"))
-        .transpose()?;
-    Ok((
-        events,
-        last.and_then(|sequence| u64::try_from(sequence).ok()),
-    ))
+    let rows = store
+        .account_events(account_id, after_sequence, limit)
+        .await
+        .map_err(read_failed)?;
+    let last = rows.last().map(|row| row.sequence);
+    Ok((rows.into_iter().map(event_json).collect(), last))
 }
 
-fn event_from_row(row: &SqliteRow) -> Result<Value, ApiError> {
-    let payload: String = row.try_get("payload")?;
-    let payload: Value = serde_json::from_str(&payload).map_err(|_| corrupt("event payload"))?;
-    Ok(serde_json::json!({
-        "eventId": row.try_get::<String, _>("event_id")?,
-        "accountId": row.try_get::<String, _>("account_id")?,
-        "sequence": row.try_get::<i64, _>("sequence")?,
-        "eventType": row.try_get::<String, _>("event_type")?,
-        "eventVersion": row.try_get::<i64, _>("event_version")?,
-        "occurredAt": rfc3339(row.try_get("occurred_at_ms")?),
-        "correlationId": row.try_get::<String, _>("correlation_id")?,
-        "causationId": row.try_get::<String, _>("causation_id")?,
+fn event_json(row: AccountEventRow) -> Value {
+    serde_json::json!({
+        "eventId": row.event_id,
+        "accountId": row.account_id,
+        "sequence": row.sequence,
+        "eventType": row.event_type,
+        "eventVersion": row.event_version,
+        "occurredAt": rfc3339(row.occurred_at),
+        "correlationId": row.correlation_id,
+        "causationId": row.causation_id,
         "log": {
-            "topic": row.try_get::<String, _>("log_topic")?,
-            "partition": row.try_get::<i64, _>("log_partition")?,
-            "offset": row.try_get::<i64, _>("log_offset")?,
+            "topic": row.log_topic.name(),
+            "partition": row.log_partition,
+            "offset": row.log_offset,
         },
-        "payload": payload,
-    }))
+        "payload": row.payload,
+    })
 }
