@@ -134,3 +134,31 @@ async fn a_killed_process_loses_nothing_it_accepted_and_applies_nothing_twice() 
     );
     Ok(())
 }
+
+#[tokio::test]
+async fn sigterm_drains_and_exits_cleanly_and_a_restart_keeps_everything() -> anyhow::Result<()> {
+    let mut app = TestApp::spawn().await?;
+    let user = app.signup_and_login(&username("term")).await?;
+    app.open_account(&user, "USD").await?;
+    let mut accepted = Vec::new();
+    for _ in 0..20 {
+        let added = app.submit(&user, &add_money("1.25")).await?;
+        accepted.push(
+            added["transactionId"]
+                .as_str()
+                .unwrap_or_default()
+                .to_owned(),
+        );
+    }
+
+    let status = app.terminate()?;
+    assert!(status.success(), "tally exited with {status} on SIGTERM");
+    app.start().await?;
+
+    for transaction_id in &accepted {
+        let transaction = app.wait_final(&user, transaction_id).await?;
+        assert_eq!(transaction["transactionStatus"], "SUCCESSFUL");
+    }
+    assert_eq!(app.balance(&user).await?["accountBalance"], "25.00");
+    Ok(())
+}
