@@ -4,9 +4,13 @@ use std::sync::Arc;
 
 use axum::extract::FromRef;
 use tally_commands::log::EventLog;
+use tally_commands::message::CommandEnvelope;
+use tally_domain::{AccountId, CommandId, LedgerCommand};
 use tally_projections::ReadStore;
+use uuid::Uuid;
 
 use crate::auth::AuthState;
+use crate::error::ApiError;
 
 #[derive(Clone)]
 pub struct AppState {
@@ -18,5 +22,27 @@ pub struct AppState {
 impl FromRef<AppState> for AuthState {
     fn from_ref(state: &AppState) -> AuthState {
         state.auth.clone()
+    }
+}
+
+impl AppState {
+    /// Appends a command to its account's partition and returns its id once it is durable.
+    /// A log that cannot take it answers 503: the caller may retry, with the same
+    /// idempotency key where it has one.
+    pub async fn append_command(
+        &self,
+        account_id: AccountId,
+        requested_by: Uuid,
+        command: LedgerCommand,
+    ) -> Result<CommandId, ApiError> {
+        let envelope = CommandEnvelope::new(account_id, Some(requested_by), command);
+        self.log
+            .append(vec![envelope.to_record()])
+            .await
+            .map_err(|error| {
+                tracing::error!(error = %error, "command append failed");
+                ApiError::ServiceUnavailable { retry_after_s: 1 }
+            })?;
+        Ok(envelope.command_id)
     }
 }

@@ -15,7 +15,6 @@ use axum::routing::{get, post};
 use axum::{Json, Router};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
-use tally_commands::message::CommandEnvelope;
 use tally_domain::{
     AccountId, AccountInfo, BillingAddress, CommandId, Currency, LedgerCommand, TransactionType,
 };
@@ -120,7 +119,9 @@ async fn open(
         billing_address,
         currency,
     };
-    let command_id = append(&state, account_id, caller.uid, command).await?;
+    let command_id = state
+        .append_command(account_id, caller.uid, command)
+        .await?;
     match wait_for(&state, account_id, command_id, true).await? {
         CommandOutcome::Applied => Ok((StatusCode::CREATED, Json(load(&state, account_id).await?))),
         CommandOutcome::Superseded => Err(already_exists()),
@@ -148,27 +149,11 @@ async fn update(
         info,
         billing_address,
     };
-    let command_id = append(&state, account_id, caller.uid, command).await?;
+    let command_id = state
+        .append_command(account_id, caller.uid, command)
+        .await?;
     wait_for(&state, account_id, command_id, false).await?;
     Ok(Json(load(&state, account_id).await?))
-}
-
-async fn append(
-    state: &AppState,
-    account_id: AccountId,
-    requested_by: Uuid,
-    command: LedgerCommand,
-) -> Result<CommandId, ApiError> {
-    let envelope = CommandEnvelope::new(account_id, Some(requested_by), command);
-    state
-        .log
-        .append(vec![envelope.to_record()])
-        .await
-        .map_err(|error| {
-            tracing::error!(error = %error, "command append failed");
-            ApiError::ServiceUnavailable { retry_after_s: 1 }
-        })?;
-    Ok(envelope.command_id)
 }
 
 /// Waits until the read store shows what became of a command.

@@ -11,7 +11,6 @@ use axum::routing::{get, post};
 use axum::{Json, Router};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
-use tally_commands::message::CommandEnvelope;
 use tally_domain::ledger::AdjustmentDirection;
 use tally_domain::{
     AccountId, Amount, Currency, LedgerCommand, PhoneNumber, TransactionId, TransactionStatus,
@@ -92,7 +91,9 @@ pub(crate) async fn submit_request(
             Recorded::New => (request, false),
             Recorded::Repeat(earlier) => (earlier, true),
         };
-    append(state, requested_by, &request).await?;
+    state
+        .append_command(request.account_id, requested_by, command_of(&request))
+        .await?;
     let status = if replayed {
         reads::transaction(&state.store, request.transaction_id)
             .await?
@@ -117,24 +118,6 @@ pub(crate) async fn submit_request(
             .insert("idempotent-replayed", HeaderValue::from_static("true"));
     }
     Ok(response)
-}
-
-async fn append(
-    state: &AppState,
-    requested_by: Uuid,
-    request: &TransactionRequest,
-) -> Result<(), ApiError> {
-    let envelope =
-        CommandEnvelope::new(request.account_id, Some(requested_by), command_of(request));
-    state
-        .log
-        .append(vec![envelope.to_record()])
-        .await
-        .map_err(|error| {
-            tracing::error!(error = %error, "command append failed");
-            ApiError::ServiceUnavailable { retry_after_s: 1 }
-        })?;
-    Ok(())
 }
 
 fn command_of(request: &TransactionRequest) -> LedgerCommand {
