@@ -10,6 +10,7 @@
 
 pub mod app;
 pub mod auth;
+pub mod bench;
 pub mod error;
 pub mod extract;
 pub mod reads;

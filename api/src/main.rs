@@ -27,6 +27,8 @@ struct Cli {
 enum Command {
     /// Runs the API and every worker in one process on the embedded log and read store.
     Up(Settings),
+    /// Measures a Tally (an embedded one unless --url is given) under load.
+    Bench(tally_api::bench::BenchSettings),
     /// Manages users.
     #[command(subcommand)]
     User(UserCommand),
@@ -54,6 +56,7 @@ async fn main() -> anyhow::Result<()> {
     init_tracing();
     match Cli::parse().command {
         Command::Up(settings) => up(settings).await,
+        Command::Bench(settings) => tally_api::bench::run(settings).await,
         Command::User(UserCommand::Create {
             username,
             roles,
