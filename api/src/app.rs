@@ -84,7 +84,12 @@ pub async fn start(settings: Settings) -> anyhow::Result<RunningApp> {
         .await
         .with_context(|| format!("cannot listen on {}", settings.listen))?;
     let address = listener.local_addr().context("listener has no address")?;
-    let state = AppState { auth, log, store };
+    let state = AppState {
+        auth,
+        log,
+        store,
+        currencies: Default::default(),
+    };
     tasks.spawn(serve(listener, routes::router(state), stopping));
     info!(%address, data_dir = %settings.data_dir.display(), "tally is up");
     Ok(RunningApp {

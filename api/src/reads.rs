@@ -4,6 +4,9 @@
 //! the API answers with. Amounts come back at their currency's scale and are answered as
 //! strings; times are answered in RFC 3339 UTC.
 
+use std::collections::HashMap;
+use std::sync::{PoisonError, RwLock};
+
 use chrono::{DateTime, SecondsFormat, Utc};
 use serde::Serialize;
 use serde_json::Value;
@@ -150,14 +153,51 @@ fn account_view(row: AccountRow) -> AccountView {
     }
 }
 
+/// Most accounts whose currency is remembered. An entry is a few dozen bytes; at the cap the
+/// cache is emptied and refills from the read store.
+const CURRENCIES_CACHED_MAX: usize = 100_000;
+
+/// Account currencies, which never change once an account is open: remembered so that a
+/// transaction does not cost a read of its account.
+#[derive(Default)]
+pub struct CurrencyCache {
+    currencies: RwLock<HashMap<AccountId, Currency>>,
+}
+
+impl CurrencyCache {
+    fn get(&self, account_id: AccountId) -> Option<Currency> {
+        let currencies = self
+            .currencies
+            .read()
+            .unwrap_or_else(PoisonError::into_inner);
+        currencies.get(&account_id).copied()
+    }
+
+    fn remember(&self, account_id: AccountId, currency: Currency) {
+        let mut currencies = self
+            .currencies
+            .write()
+            .unwrap_or_else(PoisonError::into_inner);
+        if currencies.len() >= CURRENCIES_CACHED_MAX {
+            currencies.clear();
+        }
+        currencies.insert(account_id, currency);
+    }
+}
+
 /// The currency of the caller's account; 404 when the caller has none.
 pub async fn account_currency(
     store: &ReadStore,
+    cache: &CurrencyCache,
     account_id: AccountId,
 ) -> Result<Currency, ApiError> {
+    if let Some(currency) = cache.get(account_id) {
+        return Ok(currency);
+    }
     let view = account(store, account_id).await?;
     let view =
         view.ok_or_else(|| ApiError::not_found("account_not_found", "open an account first"))?;
+    cache.remember(account_id, view.currency);
     Ok(view.currency)
 }
 

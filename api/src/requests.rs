@@ -1,9 +1,10 @@
-//! Transaction requests and idempotency keys, kept by the API in the read store's database.
+//! Idempotency keys, kept by the API in the read store's database.
 //!
-//! A request is recorded before its command is appended. A repeat under the same idempotency
-//! key finds the record, and if the body matches, appends the same command again: the decider
-//! decides a transaction id once, so the repeat is harmless even when the first append was
-//! lost with a crashed process.
+//! A request made with an `Idempotency-Key` is recorded before its command is appended. A
+//! repeat under the same key finds the record and, if the body matches, appends the same
+//! command again: the decider decides a transaction id once, so the repeat is harmless even
+//! when the first append was lost with a crashed process. Requests without a key are not
+//! recorded here; the projector shows them from the moment their command is in the log.
 
 use sha2::{Digest, Sha256};
 use sqlx::SqlitePool;
@@ -60,12 +61,12 @@ pub enum Recorded {
     Repeat(TransactionRequest),
 }
 
-/// Records a request, or finds the one already recorded under the same key.
+/// Records a request under its key, or finds the one already recorded under the same key.
 pub async fn record(
     pool: &SqlitePool,
     request: &TransactionRequest,
     requested_by: Uuid,
-    idempotency_key: Option<&str>,
+    idempotency_key: &str,
 ) -> Result<Recorded, ApiError> {
     let inserted = sqlx::query(
         "INSERT INTO transaction_requests (transaction_id, account_id, requested_by, \
@@ -88,12 +89,7 @@ pub async fn record(
     if inserted.rows_affected() == 1 {
         return Ok(Recorded::New);
     }
-    let Some(key) = idempotency_key else {
-        return Err(ApiError::internal(anyhow::anyhow!(
-            "request without key was not recorded"
-        )));
-    };
-    let earlier = by_key(pool, requested_by, key).await?;
+    let earlier = by_key(pool, requested_by, idempotency_key).await?;
     let earlier = earlier.ok_or_else(|| ApiError::internal(anyhow::anyhow!("key vanished")))?;
     if earlier.fingerprint() != request.fingerprint() {
         let detail = "this Idempotency-Key was used for a different request";

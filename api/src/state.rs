@@ -11,12 +11,14 @@ use uuid::Uuid;
 
 use crate::auth::AuthState;
 use crate::error::ApiError;
+use crate::reads::CurrencyCache;
 
 #[derive(Clone)]
 pub struct AppState {
     pub auth: AuthState,
     pub log: Arc<dyn EventLog>,
     pub store: ReadStore,
+    pub currencies: Arc<CurrencyCache>,
 }
 
 impl FromRef<AppState> for AuthState {

@@ -1,4 +1,4 @@
--- Transaction requests as the API accepted them, written before their command is appended.
+-- Requests made with an Idempotency-Key, written before their command is appended.
 -- They answer a status poll that arrives before the projector has seen the command, and they
 -- hold each caller's idempotency keys: one key, one request, one transaction.
 CREATE TABLE transaction_requests (

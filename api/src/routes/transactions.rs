@@ -67,7 +67,7 @@ async fn submit(
     JsonBody(body): JsonBody<SubmitBody>,
 ) -> Result<Response, ApiError> {
     let account_id = AccountId(caller.uid);
-    let currency = reads::account_currency(&state.store, account_id).await?;
+    let currency = reads::account_currency(&state.store, &state.currencies, account_id).await?;
     if let Some(code) = &body.currency_code {
         check_currency(code, currency)?;
     }
@@ -86,22 +86,19 @@ pub(crate) async fn submit_request(
 ) -> Result<Response, ApiError> {
     let key = idempotency_key(headers)?;
     let pool = state.store.pool();
-    let (request, replayed) =
-        match requests::record(pool, &request, requested_by, key.as_deref()).await? {
-            Recorded::New => (request, false),
-            Recorded::Repeat(earlier) => (earlier, true),
-        };
-    state
-        .append_command(request.account_id, requested_by, command_of(&request))
-        .await?;
-    let status = if replayed {
-        reads::transaction(&state.store, request.transaction_id)
-            .await?
-            .map_or(TransactionStatus::Accepted.as_str(), |view| {
-                view.status_str()
-            })
-    } else {
-        TransactionStatus::Accepted.as_str()
+    let recorded = match key.as_deref() {
+        Some(key) => requests::record(pool, &request, requested_by, key).await?,
+        None => Recorded::New,
+    };
+    let (request, status, replayed) = match recorded {
+        Recorded::New => {
+            append(state, requested_by, &request).await?;
+            (request, TransactionStatus::Accepted.as_str(), false)
+        }
+        Recorded::Repeat(earlier) => {
+            let status = replay(state, requested_by, &earlier).await?;
+            (earlier, status, true)
+        }
     };
     let body = Accepted {
         transaction_id: request.transaction_id,
@@ -118,6 +115,33 @@ pub(crate) async fn submit_request(
             .insert("idempotent-replayed", HeaderValue::from_static("true"));
     }
     Ok(response)
+}
+
+async fn append(
+    state: &AppState,
+    requested_by: Uuid,
+    request: &TransactionRequest,
+) -> Result<(), ApiError> {
+    let command = command_of(request);
+    state
+        .append_command(request.account_id, requested_by, command)
+        .await?;
+    Ok(())
+}
+
+/// Answers a repeated request. One the read store already shows was decided and is only
+/// reported; otherwise its command may have been lost with a crashed process, so it is
+/// appended again, and the decider, still holding the first if it did arrive, decides it once.
+async fn replay(
+    state: &AppState,
+    requested_by: Uuid,
+    earlier: &TransactionRequest,
+) -> Result<&'static str, ApiError> {
+    if let Some(view) = reads::transaction(&state.store, earlier.transaction_id).await? {
+        return Ok(view.status_str());
+    }
+    append(state, requested_by, earlier).await?;
+    Ok(TransactionStatus::Accepted.as_str())
 }
 
 fn command_of(request: &TransactionRequest) -> LedgerCommand {
@@ -236,17 +260,47 @@ async fn status(
     Path(transaction_id): Path<Uuid>,
 ) -> Result<Json<TransactionView>, ApiError> {
     let transaction_id = TransactionId(transaction_id);
-    let view = match reads::transaction(&state.store, transaction_id).await? {
-        Some(view) => view,
-        None => requests::by_transaction(state.store.pool(), transaction_id)
-            .await?
-            .map(TransactionView::accepted)
-            .ok_or_else(not_found)?,
-    };
+    let view = find(&state, transaction_id).await?.ok_or_else(not_found)?;
     if view.account_id != caller.uid && !caller.is_admin() {
         return Err(not_found());
     }
     Ok(Json(view))
+}
+
+/// How long after its id was minted a transaction may still be missing from the read store
+/// while its command is on the way there. Transaction ids are UUIDv7, so their age is known;
+/// an older id that is missing does not exist.
+const ACCEPTED_VISIBLE_WAIT_MS_MAX: u64 = 2_000;
+/// Pause between two looks at the read store while waiting.
+const ACCEPTED_POLL_MS: u64 = 5;
+
+/// Finds a transaction in the read store, or among keyed requests, waiting a little for one
+/// whose command was appended a moment ago.
+async fn find(
+    state: &AppState,
+    transaction_id: TransactionId,
+) -> Result<Option<TransactionView>, ApiError> {
+    loop {
+        if let Some(view) = reads::transaction(&state.store, transaction_id).await? {
+            return Ok(Some(view));
+        }
+        let keyed = requests::by_transaction(state.store.pool(), transaction_id).await?;
+        if let Some(request) = keyed {
+            return Ok(Some(TransactionView::accepted(request)));
+        }
+        if age_ms(transaction_id).is_none_or(|age| age > ACCEPTED_VISIBLE_WAIT_MS_MAX) {
+            return Ok(None);
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(ACCEPTED_POLL_MS)).await;
+    }
+}
+
+/// Milliseconds since a UUIDv7 id was minted; `None` for other ids or ids from the future.
+fn age_ms(transaction_id: TransactionId) -> Option<u64> {
+    let (seconds, nanos) = transaction_id.0.get_timestamp()?.to_unix();
+    let minted_ms = seconds.checked_mul(1_000)? + u64::from(nanos / 1_000_000);
+    let now_ms = u64::try_from(chrono::Utc::now().timestamp_millis()).ok()?;
+    now_ms.checked_sub(minted_ms)
 }
 
 fn not_found() -> ApiError {
