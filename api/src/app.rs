@@ -7,8 +7,13 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::time::Duration;
 
 use anyhow::Context;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::server::conn::auto::Builder as ConnectionBuilder;
+use hyper_util::server::graceful::GracefulShutdown;
+use hyper_util::service::TowerToHyperService;
 use tally_commands::decider::{self, DeciderSettings};
 use tally_commands::log::EventLog;
 use tally_commands::log::sqlite::{SqliteLog, SqliteLogSettings};
@@ -18,7 +23,7 @@ use tally_projections::{ProjectorSettings, ReadStore};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio::task::JoinSet;
-use tracing::{error, info};
+use tracing::{error, info, warn};
 
 use crate::auth::{self, AuthSettings, AuthState, JwtKeys, Role};
 use crate::routes;
@@ -189,17 +194,56 @@ fn airtime_provider(settings: &Settings) -> anyhow::Result<Arc<dyn AirtimeProvid
     }
 }
 
-/// Serves HTTP until `stopping` turns true, then finishes the requests in flight.
+/// How long a client may take to send a request's headers. A client slower than that is
+/// either broken or holding connections open on purpose; either way it is disconnected.
+const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long shutdown waits for requests in flight before it closes their connections. Long
+/// enough for any request the API serves; a stalled client cannot hold the process open.
+const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
+/// Pause after a failed accept (out of file descriptors, say) before trying again.
+const ACCEPT_RETRY_DELAY: Duration = Duration::from_millis(50);
+
+/// Serves HTTP until `stopping` turns true, then finishes the requests in flight, giving up
+/// on them after [`DRAIN_TIMEOUT`].
 async fn serve(
     listener: TcpListener,
     router: axum::Router,
     mut stopping: watch::Receiver<bool>,
 ) -> anyhow::Result<()> {
-    let stopped = async move {
-        let _ = stopping.wait_for(|stop| *stop).await;
-    };
-    axum::serve(listener, router)
-        .with_graceful_shutdown(stopped)
+    let graceful = GracefulShutdown::new();
+    let mut builder = ConnectionBuilder::new(TokioExecutor::new());
+    builder
+        .http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(HEADER_READ_TIMEOUT);
+    // Endless on purpose: accepts connections until shutdown is asked for.
+    loop {
+        let accepted = tokio::select! {
+            accepted = listener.accept() => accepted,
+            _ = stopping.wait_for(|stop| *stop) => break,
+        };
+        let stream = match accepted {
+            Ok((stream, _)) => stream,
+            Err(error) => {
+                warn!(error = %error, "accept failed");
+                tokio::time::sleep(ACCEPT_RETRY_DELAY).await;
+                continue;
+            }
+        };
+        let service = TowerToHyperService::new(router.clone());
+        let connection = builder.serve_connection_with_upgrades(TokioIo::new(stream), service);
+        let connection = graceful.watch(connection.into_owned());
+        tokio::spawn(connection);
+    }
+    drop(listener);
+    if tokio::time::timeout(DRAIN_TIMEOUT, graceful.shutdown())
         .await
-        .context("http server failed")
+        .is_err()
+    {
+        warn!(
+            timeout_ms = DRAIN_TIMEOUT.as_millis() as u64,
+            "requests still open at the drain deadline"
+        );
+    }
+    Ok(())
 }

@@ -252,6 +252,31 @@ async fn an_api_key_authenticates_me_and_verifies() {
 }
 
 #[tokio::test]
+async fn an_api_key_cannot_mint_api_keys() {
+    let app = spawn_app().await;
+    app.signup("hedy").await;
+    let token = app.login("hedy").await;
+    let created = app.create_api_key(&token).await;
+    let api_key = created["apiKey"].as_str().expect("api key");
+
+    let body = json!({"description": "a key made by a key"});
+    let reply = app.post_as("/apikey", body, ("x-api-key", api_key)).await;
+    assert_problem(&reply, StatusCode::FORBIDDEN, "forbidden");
+}
+
+#[tokio::test]
+async fn a_description_with_control_characters_is_refused() {
+    let app = spawn_app().await;
+    app.signup("ida").await;
+    let token = app.login("ida").await;
+    let (name, value) = bearer(&token);
+    let reply = app
+        .post_as("/apikey", json!({"description": "a\r\nb"}), (name, &value))
+        .await;
+    assert_problem(&reply, StatusCode::BAD_REQUEST, "invalid_description");
+}
+
+#[tokio::test]
 async fn verify_token_answers_who_a_token_speaks_for() {
     let app = spawn_app().await;
     let uid = app.signup("linus").await;

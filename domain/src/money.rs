@@ -126,13 +126,16 @@ impl Amount {
         Amount::new(value, currency)
     }
 
-    /// Checks a decimal against the rules of `currency`.
+    /// Checks a decimal against the rules of `currency` and holds it at the currency's scale,
+    /// so that `100` USD is kept, stored and shown as `100.00`.
     pub fn new(value: Decimal, currency: Currency) -> Result<Amount, MoneyError> {
-        let amount = Amount::checked(value)?;
+        Amount::checked(value)?;
         if value.normalize().scale() > currency.minor_units() {
             return Err(MoneyError::AmountHasTooManyDecimals);
         }
-        Ok(amount)
+        let mut scaled = value;
+        scaled.rescale(currency.minor_units());
+        Ok(Amount(scaled))
     }
 
     /// Checks the currency-independent rules: positive and at most the maximum.
@@ -143,7 +146,7 @@ impl Amount {
         if value > Decimal::from(AMOUNT_MAJOR_UNITS_MAX) {
             return Err(MoneyError::AmountAboveMaximum);
         }
-        Ok(Amount(value.normalize()))
+        Ok(Amount(value))
     }
 
     pub fn value(self) -> Decimal {
@@ -239,6 +242,16 @@ mod tests {
         for (text, expected) in cases {
             assert_eq!(usd(text), Err(expected), "amount {text:?}");
         }
+    }
+
+    #[test]
+    fn amounts_are_held_at_their_currency_scale() {
+        assert_eq!(
+            usd("100").map(|amount| amount.value().to_string()),
+            Ok("100.00".to_owned())
+        );
+        let dinars = Amount::parse("1.5", Currency::KWD).map(|amount| amount.value().to_string());
+        assert_eq!(dinars, Ok("1.500".to_owned()));
     }
 
     #[test]

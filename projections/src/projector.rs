@@ -399,7 +399,7 @@ mod tests {
         let sequences: Vec<u64> = page.iter().map(|event| event.sequence).collect();
         assert_eq!(sequences, vec![2, 3]);
         assert_eq!(page[1].event_type, "AccountCredited");
-        assert_eq!(page[1].payload["balanceAfter"], "1");
+        assert_eq!(page[1].payload["balanceAfter"], "1.00");
         assert_eq!(page[1].log_offset, 2);
     }
 

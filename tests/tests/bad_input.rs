@@ -164,3 +164,36 @@ async fn expired_forged_and_unsigned_tokens_are_refused() -> anyhow::Result<()> 
     assert_eq!(expect_status(anonymous, 401).await?["code"], "unauthorized");
     Ok(())
 }
+
+/// Reads whatever the server sends until it closes the connection, within a generous bound.
+async fn read_until_closed(stream: &mut tokio::net::TcpStream) -> anyhow::Result<String> {
+    use tokio::io::AsyncReadExt;
+    let mut answer = Vec::new();
+    let bound = std::time::Duration::from_secs(60);
+    tokio::time::timeout(bound, stream.read_to_end(&mut answer)).await??;
+    Ok(String::from_utf8_lossy(&answer).into_owned())
+}
+
+#[tokio::test]
+async fn clients_that_stall_mid_request_are_cut_off() -> anyhow::Result<()> {
+    use tokio::io::AsyncWriteExt;
+    let app = TestApp::spawn().await?;
+    let address = app.base_url.trim_start_matches("http://").to_owned();
+
+    let mut headers_never_end = tokio::net::TcpStream::connect(&address).await?;
+    headers_never_end
+        .write_all(b"GET /health HTTP/1.1\r\nHost: x\r\n")
+        .await?;
+    read_until_closed(&mut headers_never_end).await?;
+
+    let mut body_never_ends = tokio::net::TcpStream::connect(&address).await?;
+    let request = "POST /login HTTP/1.1\r\nHost: x\r\ncontent-type: application/json\r\n\
+                   content-length: 100\r\n\r\n{}";
+    body_never_ends.write_all(request.as_bytes()).await?;
+    let answer = read_until_closed(&mut body_never_ends).await?;
+    assert!(
+        !answer.starts_with("HTTP/1.1 5"),
+        "a stalled body is the client's fault: {answer}"
+    );
+    Ok(())
+}

@@ -81,6 +81,12 @@ async fn money_added_and_airtime_sent_leave_the_exact_balance_and_an_ordered_his
         .filter_map(|e| e["sequence"].as_i64())
         .collect();
     assert_eq!(sequences, (1..=12).collect::<Vec<i64>>());
+    let credited = &events["events"][2];
+    assert_eq!(
+        credited["payload"]["amount"], "100.00",
+        "amounts keep the currency's scale"
+    );
+    assert_eq!(credited["payload"]["balanceAfter"], "100.00");
     Ok(())
 }
 

@@ -15,7 +15,7 @@ use sha2::{Digest as _, Sha256};
 use sqlx::SqlitePool;
 use subtle::ConstantTimeEq as _;
 
-use super::caller::Caller;
+use super::caller::{Caller, CredentialKind};
 use super::store;
 use crate::error::ApiError;
 
@@ -86,8 +86,11 @@ pub fn is_key_id(text: &str) -> bool {
 /// Checks a description: 1 to [`DESCRIPTION_CHARS_MAX`] characters, not only blanks.
 pub fn check_description(description: &str) -> Result<(), ApiError> {
     let chars_count = description.chars().count();
-    if description.trim().is_empty() || chars_count > DESCRIPTION_CHARS_MAX {
-        let detail = format!("a description has 1 to {DESCRIPTION_CHARS_MAX} characters");
+    let has_control = description.chars().any(char::is_control);
+    if description.trim().is_empty() || chars_count > DESCRIPTION_CHARS_MAX || has_control {
+        let detail = format!(
+            "a description has 1 to {DESCRIPTION_CHARS_MAX} characters and no control characters"
+        );
         return Err(ApiError::invalid("invalid_description", detail));
     }
     Ok(())
@@ -120,6 +123,7 @@ pub async fn authenticate(pool: &SqlitePool, key: &str) -> Result<Caller, ApiErr
     Ok(Caller {
         uid: stored.uid,
         roles: stored.owner_roles,
+        credential: CredentialKind::ApiKey,
     })
 }
 

@@ -102,6 +102,16 @@ pub fn roles_from_text(text: &str) -> Result<Vec<Role>, UnknownRole> {
 pub struct Caller {
     pub uid: Uuid,
     pub roles: Vec<Role>,
+    pub credential: CredentialKind,
+}
+
+/// How a caller proved who they are.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CredentialKind {
+    /// A token issued at login with the user's password.
+    Token,
+    /// An API key.
+    ApiKey,
 }
 
 impl Caller {
@@ -111,6 +121,18 @@ impl Caller {
 
     pub fn is_admin(&self) -> bool {
         self.has_role(Role::Admin)
+    }
+
+    /// Ok if the caller logged in with a password, else 403 `forbidden`. Keys
+    /// are managed only this way, so that a leaked key cannot mint keys that outlive it.
+    pub fn require_password_login(&self) -> Result<(), ApiError> {
+        if self.credential == CredentialKind::Token {
+            return Ok(());
+        }
+        let detail = "api keys are managed with a token from /login, not with an api key";
+        Err(ApiError::Forbidden {
+            detail: detail.to_owned(),
+        })
     }
 
     /// Ok if the caller has `role`, else 403 `forbidden`.
@@ -194,6 +216,7 @@ mod tests {
         let caller = Caller {
             uid: Uuid::now_v7(),
             roles: vec![Role::User],
+            credential: CredentialKind::Token,
         };
         let error = caller.require_role(Role::Admin).expect_err("forbidden");
         assert_eq!(error.kind().code, "forbidden");

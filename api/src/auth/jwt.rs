@@ -20,7 +20,7 @@ use secrecy::{ExposeSecret, ExposeSecretMut, SecretSlice, SecretString};
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
-use super::caller::{Caller, Role};
+use super::caller::{Caller, CredentialKind, Role};
 use crate::error::ApiError;
 
 /// The `iss` claim of every token Tally issues and accepts.
@@ -177,6 +177,7 @@ impl JwtKeys {
             Ok(data) => Ok(Caller {
                 uid: data.claims.sub,
                 roles: data.claims.roles,
+                credential: CredentialKind::Token,
             }),
             Err(error) => {
                 tracing::debug!(reason = ?error.kind(), "jwt refused");

@@ -28,7 +28,7 @@ use secrecy::SecretString;
 use sqlx::SqlitePool;
 use uuid::Uuid;
 
-pub use caller::{Caller, Role};
+pub use caller::{Caller, CredentialKind, Role};
 pub use jwt::JwtKeys;
 pub use routes::router;
 

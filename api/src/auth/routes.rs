@@ -150,6 +150,7 @@ async fn create_api_key(
     caller: Caller,
     JsonBody(request): JsonBody<CreateApiKeyRequest>,
 ) -> Result<(StatusCode, Json<CreateApiKeyResponse>), ApiError> {
+    caller.require_password_login()?;
     api_key::check_description(&request.description)?;
     if store::count_live_api_keys(&auth.pool, caller.uid).await? >= api_key::API_KEYS_PER_USER_MAX {
         let detail = format!(

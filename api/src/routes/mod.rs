@@ -4,14 +4,21 @@ mod accounts;
 mod docs;
 mod transactions;
 
+use std::time::Duration;
+
 use axum::Router;
 use axum::extract::DefaultBodyLimit;
 use axum::routing::get;
+use tower_http::timeout::RequestBodyTimeoutLayer;
 use tower_http::trace::TraceLayer;
 
 use crate::error;
 use crate::extract::REQUEST_BODY_BYTES_MAX;
 use crate::state::AppState;
+
+/// How long a client may take to send a request body. Every body is at most 64 KiB, which
+/// arrives in well under a second on any working link.
+const REQUEST_BODY_TIMEOUT: Duration = Duration::from_secs(10);
 
 pub fn router(state: AppState) -> Router {
     Router::new()
@@ -23,6 +30,7 @@ pub fn router(state: AppState) -> Router {
         .fallback(error::not_found)
         .method_not_allowed_fallback(error::method_not_allowed)
         .layer(DefaultBodyLimit::max(REQUEST_BODY_BYTES_MAX))
+        .layer(RequestBodyTimeoutLayer::new(REQUEST_BODY_TIMEOUT))
         .layer(TraceLayer::new_for_http())
         .with_state(state)
 }
