@@ -68,6 +68,9 @@ impl RunningApp {
 
 /// Opens the stores, starts every role, and returns once the API listens.
 pub async fn start(settings: Settings) -> anyhow::Result<RunningApp> {
+    // Checked before anything is created on disk, so a typo leaves no half-made data directory.
+    let auth_settings = AuthSettings::new(settings.bcrypt_cost, settings.token_lifetime_s)
+        .context("invalid auth settings")?;
     std::fs::create_dir_all(&settings.data_dir).with_context(|| {
         format!(
             "cannot create data directory {}",
@@ -78,7 +81,7 @@ pub async fn start(settings: Settings) -> anyhow::Result<RunningApp> {
     let store = ReadStore::open_sqlite(&settings.data_dir.join("read.db"))
         .await
         .context("cannot open the read store")?;
-    let auth = auth_state(&settings, &store).await?;
+    let auth = auth_state(&settings, auth_settings, &store)?;
     bootstrap_admin(&settings, &auth).await?;
 
     let (shutdown, stopping) = watch::channel(false);
@@ -113,14 +116,16 @@ async fn open_log(settings: &Settings) -> anyhow::Result<Arc<dyn EventLog>> {
     Ok(log)
 }
 
-async fn auth_state(settings: &Settings, store: &ReadStore) -> anyhow::Result<AuthState> {
+fn auth_state(
+    settings: &Settings,
+    auth_settings: AuthSettings,
+    store: &ReadStore,
+) -> anyhow::Result<AuthState> {
     let jwt = match &settings.jwt_secret {
         Some(secret) => JwtKeys::from_secret(secret),
         None => JwtKeys::load_or_create(&settings.data_dir),
     }
     .context("cannot load the token secret")?;
-    let auth_settings = AuthSettings::new(settings.bcrypt_cost, settings.token_lifetime_s)
-        .context("invalid auth settings")?;
     Ok(AuthState {
         pool: store.pool().clone(),
         jwt: Arc::new(jwt),

@@ -26,11 +26,11 @@ pub struct Settings {
     #[arg(long, env = "TALLY_PARTITIONS", default_value_t = PARTITIONS_DEFAULT)]
     pub partitions: u32,
 
-    /// bcrypt cost for new password hashes (at least 10).
+    /// bcrypt cost for new password hashes, 10 to 16; each step doubles the work.
     #[arg(long, env = "TALLY_BCRYPT_COST", default_value_t = 12)]
     pub bcrypt_cost: u32,
 
-    /// Lifetime of issued tokens, in seconds.
+    /// Lifetime of issued tokens, in seconds: 60 to 86400. Expiry allows 60 s of clock skew.
     #[arg(long, env = "TALLY_TOKEN_LIFETIME_S", default_value_t = 3600)]
     pub token_lifetime_s: u32,
 

@@ -188,10 +188,16 @@ pub(crate) fn new_request(
     }
 }
 
+/// The request's `Idempotency-Key`, if it has one. Two of them make the request ambiguous.
 fn idempotency_key(headers: &HeaderMap) -> Result<Option<String>, ApiError> {
-    let Some(value) = headers.get("idempotency-key") else {
+    let mut values = headers.get_all("idempotency-key").iter();
+    let Some(value) = values.next() else {
         return Ok(None);
     };
+    if values.next().is_some() {
+        let detail = "send at most one Idempotency-Key header";
+        return Err(ApiError::invalid("invalid_idempotency_key", detail));
+    }
     requests::parse_idempotency_key(value.as_bytes()).map(Some)
 }
 
