@@ -183,6 +183,7 @@ impl Streams {
             .or_insert_with(|| AccountLedger::new(account_id));
         let context = CommandContext {
             command_id: envelope.command_id,
+            issued_at: envelope.issued_at,
             now: Utc::now(),
         };
         let decision = ledger.decide(envelope.command, context).await;

@@ -20,6 +20,7 @@ fn dec(text: &str) -> Decimal {
 fn context() -> CommandContext {
     CommandContext {
         command_id: CommandId::new(),
+        issued_at: Utc::now(),
         now: Utc::now(),
     }
 }
@@ -81,7 +82,7 @@ async fn add_money_starts_credits_and_succeeds_in_one_decision() {
         ]
     );
     assert_eq!(ledger.account().balance(), dec("100.00"));
-    let status = ledger.transaction(transaction_id).and_then(|t| t.status());
+    let status = ledger.transaction_status(transaction_id);
     assert_eq!(status, Some(TransactionStatus::Successful));
 }
 
@@ -274,4 +275,65 @@ async fn a_gap_in_the_stream_is_detected() {
     let mut rebuilt = AccountLedger::new(source_id(&events));
     rebuilt.apply(&events[0]).expect("first event applies");
     assert!(rebuilt.apply(&events[2]).is_err());
+}
+
+fn minted_at(ms: i64) -> TransactionId {
+    let timestamp = uuid::Timestamp::from_unix(uuid::NoContext, (ms / 1_000) as u64, 0);
+    TransactionId(uuid::Uuid::new_v7(timestamp))
+}
+
+fn issued_at(ms: i64, now_ms: i64) -> CommandContext {
+    let at = |ms: i64| chrono::DateTime::from_timestamp_millis(ms).expect("valid time");
+    CommandContext {
+        command_id: CommandId::new(),
+        issued_at: at(ms),
+        now: at(now_ms),
+    }
+}
+
+#[tokio::test]
+async fn finished_transactions_are_forgotten_once_no_retry_can_repeat_them() {
+    let mut ledger = opened_ledger("1.00").await;
+    let start_ms = Utc::now().timestamp_millis();
+    let second_ms = 1_000;
+    for offset_s in 0..600 {
+        let at_ms = start_ms + offset_s * second_ms;
+        let add = LedgerCommand::AddMoney {
+            transaction_id: minted_at(at_ms),
+            amount: usd("1"),
+            currency: Currency::USD,
+        };
+        ledger.decide(add, issued_at(at_ms, at_ms)).await;
+    }
+    let retained_s = tally_domain::ledger::FINISHED_RETENTION_MS / second_ms;
+    assert!(
+        ledger.transactions_remembered() <= retained_s as usize + 2,
+        "{}",
+        ledger.transactions_remembered()
+    );
+    assert_eq!(ledger.account().balance(), dec("601.00"));
+}
+
+#[tokio::test]
+async fn a_retry_after_a_long_decider_outage_is_still_recognized() {
+    let mut ledger = opened_ledger("1.00").await;
+    let minted_ms = Utc::now().timestamp_millis();
+    let transaction_id = minted_at(minted_ms);
+    let add = LedgerCommand::AddMoney {
+        transaction_id,
+        amount: usd("5"),
+        currency: Currency::USD,
+    };
+    ledger
+        .decide(add.clone(), issued_at(minted_ms, minted_ms))
+        .await;
+
+    // The retry was issued 20 s after the first, but decided an hour later.
+    let retry_ms = minted_ms + 20_000;
+    let again = ledger
+        .decide(add, issued_at(retry_ms, retry_ms + 3_600_000))
+        .await;
+
+    assert_eq!(again.rejection, Some("transaction_already_exists"));
+    assert_eq!(ledger.account().balance(), dec("6"));
 }

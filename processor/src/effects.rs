@@ -228,6 +228,7 @@ mod tests {
         async fn handle(&mut self, command: LedgerCommand) -> Vec<(EventEnvelope, Effects)> {
             let context = CommandContext {
                 command_id: CommandId::new(),
+                issued_at: Utc::now(),
                 now: Utc::now(),
             };
             let decision = self.ledger.decide(command, context).await;

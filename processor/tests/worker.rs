@@ -84,6 +84,7 @@ impl Account {
     async fn decide(&mut self, command: LedgerCommand) -> Vec<EventEnvelope> {
         let context = CommandContext {
             command_id: CommandId::new(),
+            issued_at: Utc::now(),
             now: Utc::now(),
         };
         let decision = self.ledger.decide(command, context).await;

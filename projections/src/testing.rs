@@ -45,6 +45,7 @@ impl Stream {
     pub(crate) async fn decide(&mut self, command: LedgerCommand) -> Vec<Record> {
         let context = CommandContext {
             command_id: CommandId::new(),
+            issued_at: Utc::now(),
             now: self.tick(),
         };
         let decision = self.ledger.decide(command, context).await;

@@ -79,6 +79,7 @@ impl World {
         // The decider decides a little after the command was issued.
         let context = CommandContext {
             command_id: envelope.command_id,
+            issued_at: envelope.issued_at,
             now: envelope.issued_at + chrono::Duration::milliseconds(5),
         };
         let events = ledger.decide(command, context).await.events;

@@ -11,7 +11,7 @@ use axum::routing::{get, post};
 use axum::{Json, Router};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
-use tally_domain::ledger::AdjustmentDirection;
+use tally_domain::ledger::{AdjustmentDirection, REPLAY_WINDOW_MS};
 use tally_domain::{
     AccountId, Amount, Currency, LedgerCommand, PhoneNumber, TransactionId, TransactionStatus,
     TransactionType,
@@ -130,8 +130,10 @@ async fn append(
 }
 
 /// Answers a repeated request. One the read store already shows was decided and is only
-/// reported; otherwise its command may have been lost with a crashed process, so it is
-/// appended again, and the decider, still holding the first if it did arrive, decides it once.
+/// reported. Otherwise its command may have been lost with a crashed process, so within the
+/// replay window it is appended again, and the decider, which remembers finished transactions
+/// for longer than that window, decides it once. Past the window the read store must catch up
+/// first: the caller is asked to retry later.
 async fn replay(
     state: &AppState,
     requested_by: Uuid,
@@ -139,6 +141,10 @@ async fn replay(
 ) -> Result<&'static str, ApiError> {
     if let Some(view) = reads::transaction(&state.store, earlier.transaction_id).await? {
         return Ok(view.status_str());
+    }
+    let age_ms = chrono::Utc::now().timestamp_millis() - earlier.created_at_ms;
+    if age_ms > REPLAY_WINDOW_MS {
+        return Err(ApiError::ResultPending { retry_after_s: 1 });
     }
     append(state, requested_by, earlier).await?;
     Ok(TransactionStatus::Accepted.as_str())
