@@ -174,7 +174,10 @@ fn transaction_body(index: usize) -> Value {
         json!({ "transactionType": "ADD_MONEY", "addMoneyRequest": { "amount": ADD_AMOUNT } })
     } else {
         json!({ "transactionType": "SEND_AIRTIME",
-                "sendAirtimeRequest": { "amount": AIRTIME_AMOUNT, "phoneNumber": "+254712345678" } })
+                "sendAirtimeRequest": {
+                    "amount": AIRTIME_AMOUNT,
+                    "phoneNumber": "+254712345678",
+                } })
     }
 }
 

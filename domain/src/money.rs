@@ -77,7 +77,10 @@ macro_rules! currencies {
             type Err = MoneyError;
 
             fn from_str(code: &str) -> Result<Currency, MoneyError> {
-                match code { $(stringify!($code) => Ok(Currency::$code),)+ _ => Err(MoneyError::UnknownCurrency) }
+                match code {
+                    $(stringify!($code) => Ok(Currency::$code),)+
+                    _ => Err(MoneyError::UnknownCurrency),
+                }
             }
         }
     };

@@ -47,8 +47,7 @@ async fn submit(
 }
 
 #[tokio::test]
-async fn a_killed_process_loses_nothing_it_accepted_and_applies_nothing_twice() -> anyhow::Result<()>
-{
+async fn a_killed_process_loses_nothing_accepted_and_applies_nothing_twice() -> anyhow::Result<()> {
     let mut app = TestApp::spawn().await?;
     let user = app.signup_and_login(&username("crash")).await?;
     app.open_account(&user, "USD").await?;
