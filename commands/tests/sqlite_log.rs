@@ -1,5 +1,7 @@
 //! The embedded event log against a real SQLite database in a temporary directory.
 
+mod log_conformance;
+
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 use std::time::Duration;
@@ -485,4 +487,83 @@ fn distinct_partition_keys(log: &SqliteLog, count: usize) -> Vec<String> {
         }
     }
     by_partition.into_values().collect()
+}
+
+/// Opens the embedded log in one temporary directory, for the shared conformance suite.
+struct SqliteFactory {
+    dir: TempDir,
+}
+
+impl SqliteFactory {
+    fn new() -> Self {
+        Self {
+            dir: TempDir::new().expect("temp dir"),
+        }
+    }
+}
+
+#[async_trait::async_trait(?Send)]
+impl log_conformance::LogFactory for SqliteFactory {
+    async fn open(&self) -> Arc<dyn EventLog> {
+        open(&self.dir).await
+    }
+}
+
+#[tokio::test]
+async fn conformance_append_then_read_returns_records_in_order_with_increasing_offsets() {
+    let factory = SqliteFactory::new();
+    log_conformance::append_then_read_returns_records_in_order_with_increasing_offsets(&factory)
+        .await;
+}
+
+#[tokio::test]
+async fn conformance_the_same_key_always_lands_in_the_same_partition_as_kafka_would_put_it() {
+    let factory = SqliteFactory::new();
+    log_conformance::the_same_key_always_lands_in_the_same_partition_as_kafka_would_put_it(
+        &factory,
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn conformance_a_thousand_concurrent_appends_from_fifty_tasks_land_exactly_once() {
+    let factory = SqliteFactory::new();
+    log_conformance::a_thousand_concurrent_appends_from_fifty_tasks_land_exactly_once(&factory)
+        .await;
+}
+
+#[tokio::test]
+async fn conformance_a_consumer_resumes_from_committed_offsets_after_the_log_is_reopened() {
+    let factory = SqliteFactory::new();
+    log_conformance::a_consumer_resumes_from_committed_offsets_after_the_log_is_reopened(&factory)
+        .await;
+}
+
+#[tokio::test]
+async fn conformance_a_commit_makes_its_produced_records_and_its_offsets_visible_together() {
+    let factory = SqliteFactory::new();
+    log_conformance::a_commit_makes_its_produced_records_and_its_offsets_visible_together(&factory)
+        .await;
+}
+
+#[tokio::test]
+async fn conformance_a_taken_over_member_is_fenced_and_writes_nothing() {
+    let factory = SqliteFactory::new();
+    let events = log_conformance::a_taken_over_member_is_fenced_and_writes_nothing(&factory).await;
+
+    // The embedded log never wrote the fenced commit's record: the second one took offset 0.
+    let log = log_conformance::LogFactory::open(&factory).await;
+    assert_eq!(log.end_offset(events).await.expect("end offset"), 1);
+}
+
+#[tokio::test]
+async fn conformance_seek_moves_the_read_position_of_an_owned_partition() {
+    let factory = SqliteFactory::new();
+    log_conformance::seek_moves_the_read_position_of_an_owned_partition(&factory).await;
+}
+
+#[tokio::test]
+async fn conformance_poll_wakes_promptly_when_an_append_arrives() {
+    let factory = SqliteFactory::new();
+    log_conformance::poll_wakes_promptly_when_an_append_arrives(&factory).await;
 }

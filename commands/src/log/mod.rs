@@ -9,6 +9,7 @@
 //! What the port leaves to callers: the meaning of payloads (they are opaque bytes here) and
 //! where projections keep their own offsets (in their read store, not in the log).
 
+pub mod kafka;
 pub mod murmur2;
 pub mod sqlite;
 
