@@ -6,6 +6,9 @@
 //! projector stops and someone must act.
 
 use rust_decimal::Decimal;
+use sqlx::error::DatabaseError;
+use sqlx::mysql::MySqlDatabaseError;
+use sqlx::sqlite::SqliteError;
 use tally_commands::log::LogError;
 use tally_domain::{AccountId, TransactionId};
 
@@ -13,6 +16,11 @@ use tally_domain::{AccountId, TransactionId};
 /// extended codes keep them in their low byte.
 const SQLITE_BUSY: i64 = 5;
 const SQLITE_LOCKED: i64 = 6;
+
+/// MySQL's error numbers for "lock wait timeout exceeded" and "deadlock found": InnoDB rolled
+/// back the statement or the transaction, and the same work may succeed when tried again.
+const MYSQL_LOCK_WAIT_TIMEOUT: u16 = 1205;
+const MYSQL_DEADLOCK: u16 = 1213;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ProjectionError {
@@ -27,6 +35,11 @@ pub enum ProjectionError {
     /// The event log failed a poll or a read.
     #[error("event log failed")]
     Log(#[from] LogError),
+
+    /// The database URL names no database the read store runs on, or does not parse. The
+    /// reason never repeats the URL, which may hold a password.
+    #[error("invalid database url: {0}")]
+    InvalidDatabaseUrl(String),
 
     /// The projector was started with settings outside their bounds.
     #[error("invalid projector settings: {0}")]
@@ -84,8 +97,8 @@ pub enum ProjectionError {
         event_type: String,
     },
 
-    /// A batch does not start where the projection stopped: another projector writes to the
-    /// same store, or the consumer skipped records.
+    /// A batch starts before where the projection stopped: another projector writes to the
+    /// same store, or the consumer repeated records.
     #[error(
         "{topic} partition {partition} is projected up to offset {stored}, but the batch \
          starts at {first}"
@@ -112,10 +125,19 @@ impl ProjectionError {
 fn is_transient_database_error(error: &sqlx::Error) -> bool {
     match error {
         sqlx::Error::PoolTimedOut | sqlx::Error::Io(_) => true,
-        sqlx::Error::Database(database) => database
-            .code()
-            .and_then(|code| code.parse::<i64>().ok())
-            .is_some_and(|code| matches!(code & 0xff, SQLITE_BUSY | SQLITE_LOCKED)),
+        sqlx::Error::Database(database) => is_lock_conflict(database.as_ref()),
         _ => false,
     }
+}
+
+/// Whether the database refused a statement only because another transaction held a lock.
+fn is_lock_conflict(error: &dyn DatabaseError) -> bool {
+    if let Some(mysql) = error.try_downcast_ref::<MySqlDatabaseError>() {
+        return matches!(mysql.number(), MYSQL_LOCK_WAIT_TIMEOUT | MYSQL_DEADLOCK);
+    }
+    error
+        .try_downcast_ref::<SqliteError>()
+        .and_then(|sqlite| sqlite.code())
+        .and_then(|code| code.parse::<i64>().ok())
+        .is_some_and(|code| matches!(code & 0xff, SQLITE_BUSY | SQLITE_LOCKED))
 }

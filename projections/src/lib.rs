@@ -1,27 +1,37 @@
 //! Tally's read side: the projector that materializes read tables from the event log, the
 //! read store that holds them, and the queries the API answers from.
 //!
-//! What this crate owns: the read tables (`migrations/sqlite/0001_read_models.sql`) and the
-//! only code that writes them. It reads the log and never writes to it, and it knows no HTTP:
-//! views are plain serializable rows, and the API decides what to show.
+//! What this crate owns: the read tables (`migrations/sqlite/0001_read_models.sql` and its
+//! MySQL twin in `migrations/mysql/`) and the only code that writes them, on SQLite or on
+//! MySQL and MariaDB through one implementation of each query ([`Backend`]). It reads the log
+//! and never writes to it, and it knows no HTTP: views are plain serializable rows, and the
+//! API decides what to show.
 //!
 //! The projection is exactly-once: each batch of log records is applied in one database
 //! transaction together with the offsets it reached, and the projector resumes from those
 //! offsets, never from the log's consumer-group offsets. Every row can be rebuilt by replaying
 //! the log into an empty store.
 
+mod backend;
 mod batch;
 mod error;
+mod money;
 mod projector;
 mod queries;
+mod sql;
 mod store;
+#[cfg(any(test, feature = "test-support"))]
+pub mod test_support;
 #[cfg(test)]
 mod testing;
 mod writes;
 
+pub use backend::{Backend, Bind, Binds, Executes, Get, Gets};
 pub use error::ProjectionError;
+pub use money::{MONEY_COLUMN_DIGITS, MONEY_COLUMN_SCALE, Money};
 pub use projector::{PROJECTION_NAME, ProjectorSettings, lag, run};
 pub use queries::{
     ACCOUNT_EVENTS_PAGE_SIZE_MAX, AccountEventRow, AccountView, StoredOffset, TransactionView,
 };
-pub use store::ReadStore;
+pub use sql::{Sql, Tuple};
+pub use store::{ReadStore, StorePool};

@@ -11,14 +11,16 @@ use std::error::Error;
 use std::sync::Arc;
 use std::time::Duration;
 
+use sqlx::Pool;
 use tally_commands::log::{Consumer, EventLog, Polled, Topic, TopicPartition};
 use tokio::sync::watch;
 
+use crate::backend::Backend;
 use crate::batch::{self, Changes, Decoded, Loaded, OffsetAdvance};
 use crate::error::ProjectionError;
 use crate::queries::{self, StoredOffset};
 use crate::store::ReadStore;
-use crate::writes;
+use crate::{with_pool, writes};
 
 /// The projector's consumer group, and its name in `projection_offsets`.
 pub const PROJECTION_NAME: &str = "projector";
@@ -202,37 +204,52 @@ async fn apply(
     }
 }
 
-/// Applies a batch and its offsets in one transaction. `BEGIN IMMEDIATE` takes the write lock
-/// first, so the rows read here cannot change before the batch's rows are written.
+/// Applies a batch and its offsets in one transaction, on whichever backend the store runs.
 #[tracing::instrument(skip_all, fields(records = batch.len()))]
 async fn apply_batch(store: &ReadStore, batch: &[Decoded]) -> Result<(), ProjectionError> {
-    let touched = batch::touched(batch);
-    let mut transaction = store.pool().begin_with("BEGIN IMMEDIATE").await?;
-
-    let stored = queries::stored_offsets(&mut *transaction, PROJECTION_NAME).await?;
-    check_offsets(&stored, &batch::offset_advances(batch))?;
-    let loaded = Loaded {
-        accounts: queries::accounts_by_id(&mut transaction, &touched.accounts).await?,
-        stream_heads: queries::stream_heads(&mut transaction, &touched.accounts).await?,
-        transactions: queries::transactions_by_id(&mut transaction, &touched.transactions).await?,
-    };
-    let changes = batch::fold(batch, loaded)?;
-
-    writes::write(&mut transaction, PROJECTION_NAME, &changes).await?;
-    transaction.commit().await?;
+    let changes = with_pool!(store, pool => apply_batch_on(pool, batch).await)?;
     log_applied(&changes);
     Ok(())
 }
 
-/// Every partition of the batch must start where the projection stopped. Anything else means
-/// a second projector writes to this store, or the consumer skipped or repeated records.
+/// The transaction first reads the stored offsets so that no other writer can move them
+/// before it commits: SQLite's `BEGIN IMMEDIATE` takes the database's write lock, MySQL's
+/// `SELECT ... FOR UPDATE` the offsets' rows (and the gap where they will go, before the
+/// first batch). The rows read after it cannot change either, as only a projector holding
+/// those offsets writes them; InnoDB takes the snapshot they are read from at the first plain
+/// read, after the lock is held, so it holds every batch committed before.
+async fn apply_batch_on<DB: Backend>(
+    pool: &Pool<DB>,
+    batch: &[Decoded],
+) -> Result<Changes, ProjectionError> {
+    let touched = batch::touched(batch);
+    let mut transaction = pool.begin_with(DB::BEGIN_WRITE).await?;
+    let conn = &mut *transaction;
+
+    let stored = queries::stored_offsets_for_update::<DB>(conn, PROJECTION_NAME).await?;
+    check_offsets(&stored, &batch::offset_advances(batch))?;
+    let loaded = Loaded {
+        accounts: queries::accounts_by_id::<DB>(conn, &touched.accounts).await?,
+        stream_heads: queries::stream_heads::<DB>(conn, &touched.accounts).await?,
+        transactions: queries::transactions_by_id::<DB>(conn, &touched.transactions).await?,
+    };
+    let changes = batch::fold(batch, loaded)?;
+
+    writes::write::<DB>(conn, PROJECTION_NAME, &changes).await?;
+    transaction.commit().await?;
+    Ok(changes)
+}
+
+/// No partition of the batch may start before where the projection stopped: that would mean
+/// a second projector writes to this store, or the consumer repeated records. It may start
+/// after it, since a log with transactions spends offsets on its commit markers.
 fn check_offsets(
     stored: &[StoredOffset],
     advances: &[OffsetAdvance],
 ) -> Result<(), ProjectionError> {
     for advance in advances {
         let stored = next_offset(stored, advance.partition);
-        if stored != advance.first_offset {
+        if advance.first_offset < stored {
             return Err(ProjectionError::OffsetsMoved {
                 topic: advance.partition.topic.name(),
                 partition: advance.partition.partition,
@@ -324,9 +341,11 @@ mod tests {
     use rust_decimal::Decimal;
     use tally_commands::log::Record;
     use tally_domain::{AccountEvent, EventEnvelope, LedgerEvent, TransactionId};
-    use tempfile::TempDir;
 
     use super::*;
+    use crate::backend_tests;
+    use crate::sql::Sql;
+    use crate::test_support::{TestBackend, TestStore};
     use crate::testing::*;
 
     fn assert_send<T: Send>(_: &T) {}
@@ -340,44 +359,42 @@ mod tests {
         let _ = check;
     }
 
-    async fn fresh_store() -> (TempDir, ReadStore) {
-        let dir = tempfile::tempdir().unwrap();
-        let store = ReadStore::open_sqlite(&dir.path().join("read.db"))
-            .await
-            .unwrap();
-        (dir, store)
-    }
-
     async fn apply_records(store: &ReadStore, records: &[Record]) -> Result<(), ProjectionError> {
         apply_batch(store, &batch::decode(records)).await
     }
 
-    async fn count(store: &ReadStore, table: &str) -> i64 {
-        let sql = format!("SELECT COUNT(*) FROM {table}");
-        sqlx::query_scalar(sqlx::AssertSqlSafe(sql))
-            .fetch_one(store.pool())
-            .await
-            .unwrap()
-    }
+    backend_tests!(
+        a_batch_is_stored_with_its_offsets_and_reads_back_at_the_currency_scale,
+        account_events_page_after_a_sequence_with_their_payloads,
+        a_batch_that_breaks_a_balance_commits_neither_rows_nor_offsets,
+        a_batch_that_starts_before_where_the_projection_stopped_is_refused,
+        a_batch_may_start_after_where_the_projection_stopped,
+        a_batch_blocked_by_another_writer_fails_with_an_error_worth_retrying,
+    );
 
-    #[tokio::test]
-    async fn a_batch_is_stored_with_its_offsets_and_reads_back_at_the_currency_scale() {
-        let (_dir, store) = fresh_store().await;
+    async fn a_batch_is_stored_with_its_offsets_and_reads_back_at_the_currency_scale(
+        backend: TestBackend,
+    ) {
+        let test = TestStore::open(backend).await;
+        let store = test.store();
         let mut stream = Stream::new(7);
         let mut records = stream.decide(open()).await;
         records.extend(stream.decide(add_money(TransactionId::new(), "69.5")).await);
 
-        apply_records(&store, &records).await.unwrap();
+        apply_records(store, &records).await.unwrap();
 
         let account = store.account(stream.account_id).await.unwrap().unwrap();
         assert_eq!(account.balance.to_string(), "69.50");
         let json = serde_json::to_value(&account).unwrap();
         assert_eq!(json["available"], "69.50");
-        let stored: String = sqlx::query_scalar("SELECT balance FROM accounts")
-            .fetch_one(store.pool())
-            .await
-            .unwrap();
-        assert_eq!(stored, "69.50");
+        let stored = test
+            .text("SELECT CAST(balance AS CHAR) FROM accounts")
+            .await;
+        let expected = match backend {
+            TestBackend::Sqlite => "69.50",
+            TestBackend::MySql => "69.5000",
+        };
+        assert_eq!(stored.as_deref(), Some(expected));
         let offsets = store.offsets().await.unwrap();
         assert_eq!(offsets.len(), 1);
         assert_eq!(
@@ -386,13 +403,13 @@ mod tests {
         );
     }
 
-    #[tokio::test]
-    async fn account_events_page_after_a_sequence_with_their_payloads() {
-        let (_dir, store) = fresh_store().await;
+    async fn account_events_page_after_a_sequence_with_their_payloads(backend: TestBackend) {
+        let test = TestStore::open(backend).await;
+        let store = test.store();
         let mut stream = Stream::new(7);
         let mut records = stream.decide(open()).await;
         records.extend(stream.decide(add_money(TransactionId::new(), "1")).await);
-        apply_records(&store, &records).await.unwrap();
+        apply_records(store, &records).await.unwrap();
 
         let page = store.account_events(stream.account_id, 1, 2).await.unwrap();
 
@@ -403,9 +420,9 @@ mod tests {
         assert_eq!(page[1].log_offset, 2);
     }
 
-    #[tokio::test]
-    async fn a_batch_that_breaks_a_balance_commits_neither_rows_nor_offsets() {
-        let (_dir, store) = fresh_store().await;
+    async fn a_batch_that_breaks_a_balance_commits_neither_rows_nor_offsets(backend: TestBackend) {
+        let test = TestStore::open(backend).await;
+        let store = test.store();
         let mut stream = Stream::new(7);
         let mut records = stream.decide(open()).await;
         let mut credit = stream.decide(add_money(TransactionId::new(), "5")).await;
@@ -418,7 +435,7 @@ mod tests {
         credit[1].payload = envelope.to_json();
         records.extend(credit);
 
-        let applied = apply_records(&store, &records).await;
+        let applied = apply_records(store, &records).await;
 
         assert!(matches!(
             applied,
@@ -430,27 +447,79 @@ mod tests {
             "account_events",
             "projection_offsets",
         ] {
-            assert_eq!(count(&store, table).await, 0, "{table}");
+            assert_eq!(test.count(table).await, 0, "{table}");
         }
     }
 
-    #[tokio::test]
-    async fn a_batch_that_does_not_start_where_the_projection_stopped_is_refused() {
-        let (_dir, store) = fresh_store().await;
+    async fn a_batch_that_starts_before_where_the_projection_stopped_is_refused(
+        backend: TestBackend,
+    ) {
+        let test = TestStore::open(backend).await;
+        let store = test.store();
         let mut stream = Stream::new(7);
         let records = stream.decide(open()).await;
-        apply_records(&store, &records).await.unwrap();
-        let skipped_ahead = stream.decide(add_money(TransactionId::new(), "5")).await;
+        apply_records(store, &records).await.unwrap();
 
-        let applied = apply_records(&store, &skipped_ahead[1..]).await;
+        let repeated = apply_records(store, &records).await;
 
         assert!(matches!(
-            applied,
+            repeated,
             Err(ProjectionError::OffsetsMoved {
                 stored: 1,
-                first: 2,
+                first: 0,
                 ..
             })
         ));
+    }
+
+    async fn a_batch_may_start_after_where_the_projection_stopped(backend: TestBackend) {
+        let test = TestStore::open(backend).await;
+        let store = test.store();
+        let mut stream = Stream::new(7);
+        let records = stream.decide(open()).await;
+        apply_records(store, &records).await.unwrap();
+        let mut later = stream.decide(add_money(TransactionId::new(), "5")).await;
+        // A log with transactions spends an offset on each commit marker.
+        for record in &mut later {
+            record.offset += 1;
+        }
+
+        apply_records(store, &later).await.unwrap();
+
+        let offsets = store.offsets().await.unwrap();
+        assert!(
+            offsets
+                .iter()
+                .any(|offset| offset.next_offset == later.last().unwrap().offset + 1)
+        );
+    }
+
+    /// Another writer's uncommitted offsets: SQLite's write lock, InnoDB's row lock.
+    async fn hold_offsets<DB: Backend>(pool: &Pool<DB>) -> sqlx::Transaction<'static, DB> {
+        let mut transaction = pool.begin_with(DB::BEGIN_WRITE).await.unwrap();
+        let insert = "INSERT INTO projection_offsets (projection, topic, partition_no, \
+                      next_offset) VALUES (?, ?, 0, 0)";
+        let insert = Sql::<DB>::new(insert)
+            .bind(PROJECTION_NAME)
+            .bind(Topic::Events.name());
+        insert.execute(&mut transaction).await.unwrap();
+        transaction
+    }
+
+    async fn a_batch_blocked_by_another_writer_fails_with_an_error_worth_retrying(
+        backend: TestBackend,
+    ) {
+        let test = TestStore::open(backend).await;
+        let store = test.store();
+        let records = Stream::new(7).decide(open()).await;
+        let held: Box<dyn std::any::Any + Send> = with_pool!(store, pool => {
+            Box::new(hold_offsets(pool).await)
+        });
+
+        let applied = apply_records(store, &records).await;
+
+        let error = applied.expect_err("the other writer holds the lock");
+        assert!(error.is_transient(), "{error:?}");
+        drop(held);
     }
 }

@@ -9,8 +9,7 @@ use rust_decimal::Decimal;
 use serde::de::DeserializeOwned;
 use serde::de::value::{Error as ValueError, StrDeserializer};
 use serde::{Serialize, Serializer};
-use sqlx::sqlite::SqliteRow;
-use sqlx::{QueryBuilder, Row, Sqlite, SqliteConnection, SqliteExecutor};
+use sqlx::Pool;
 use tally_commands::log::{Topic, TopicPartition};
 use tally_domain::{
     AccountId, BillingAddress, CommandId, Currency, EventId, FailureReason, TransactionId,
@@ -18,14 +17,18 @@ use tally_domain::{
 };
 use uuid::Uuid;
 
+use crate::backend::{Backend, Get};
 use crate::error::ProjectionError;
+use crate::money::Money;
+use crate::sql::Sql;
 use crate::store::ReadStore;
+use crate::with_pool;
 
 /// The most events one `account_events` call returns. An audit page of this size is a few
 /// hundred kilobytes of JSON; callers page on with `after_sequence`.
 pub const ACCOUNT_EVENTS_PAGE_SIZE_MAX: u32 = 500;
 
-/// Ids bound in one `IN (...)` list. SQLite accepts 32,766 bound values and MySQL 65,535; a
+/// Ids bound in one `IN (...)` list: well inside every backend's `BOUND_VALUES_MAX`, and a
 /// batch of a thousand records rarely names more ids than this, so one statement usually does.
 const IDS_PER_STATEMENT_MAX: usize = 500;
 
@@ -127,25 +130,14 @@ impl ReadStore {
         &self,
         account_id: AccountId,
     ) -> Result<Option<AccountView>, ProjectionError> {
-        let sql = format!("SELECT {ACCOUNT_COLUMNS} FROM accounts WHERE account_id = ?");
-        let row = sqlx::query(sqlx::AssertSqlSafe(sql))
-            .bind(account_id.to_string())
-            .fetch_optional(self.pool())
-            .await?;
-        row.as_ref().map(account_from_row).transpose()
+        with_pool!(self, pool => select_account(pool, account_id).await)
     }
 
     pub async fn transaction(
         &self,
         transaction_id: TransactionId,
     ) -> Result<Option<TransactionView>, ProjectionError> {
-        let sql =
-            format!("SELECT {TRANSACTION_COLUMNS} FROM transactions WHERE transaction_id = ?");
-        let row = sqlx::query(sqlx::AssertSqlSafe(sql))
-            .bind(transaction_id.to_string())
-            .fetch_optional(self.pool())
-            .await?;
-        row.as_ref().map(transaction_from_row).transpose()
+        with_pool!(self, pool => select_transaction(pool, transaction_id).await)
     }
 
     /// The account's events after `after_sequence` (0 for the first page), oldest first, at
@@ -157,55 +149,144 @@ impl ReadStore {
         limit: u32,
     ) -> Result<Vec<AccountEventRow>, ProjectionError> {
         let limit = limit.min(ACCOUNT_EVENTS_PAGE_SIZE_MAX);
-        let rows = sqlx::query(
-            "SELECT account_id, sequence, event_id, event_type, event_version, occurred_at_ms, \
-             correlation_id, causation_id, log_topic, log_partition, log_offset, payload \
-             FROM account_events WHERE account_id = ? AND sequence > ? \
-             ORDER BY sequence LIMIT ?",
-        )
-        .bind(account_id.to_string())
-        .bind(to_sql(after_sequence))
-        .bind(limit)
-        .fetch_all(self.pool())
-        .await?;
-        rows.iter().map(account_event_from_row).collect()
+        with_pool!(self, pool => {
+            select_account_events(pool, account_id, after_sequence, limit).await
+        })
+    }
+
+    /// The command whose AccountOpened opened the account, once the store shows it.
+    pub async fn opened_by(
+        &self,
+        account_id: AccountId,
+    ) -> Result<Option<CommandId>, ProjectionError> {
+        with_pool!(self, pool => select_opened_by(pool, account_id).await)
+    }
+
+    /// Whether the store shows any event the command `command_id` caused.
+    pub async fn has_events_caused_by(
+        &self,
+        command_id: CommandId,
+    ) -> Result<bool, ProjectionError> {
+        with_pool!(self, pool => select_caused_by(pool, command_id).await)
     }
 
     /// How far the projection has read every partition it has applied records from.
     pub async fn offsets(&self) -> Result<Vec<StoredOffset>, ProjectionError> {
-        stored_offsets(self.pool(), crate::projector::PROJECTION_NAME).await
+        with_pool!(self, pool => select_projector_offsets(pool).await)
     }
 }
 
-/// The stored offsets of `projection`, sorted by topic and partition.
-pub(crate) async fn stored_offsets<'c>(
-    executor: impl SqliteExecutor<'c>,
+async fn select_account<DB: Backend>(
+    pool: &Pool<DB>,
+    account_id: AccountId,
+) -> Result<Option<AccountView>, ProjectionError> {
+    let sql = format!("SELECT {ACCOUNT_COLUMNS} FROM accounts WHERE account_id = ?");
+    let row = Sql::<DB>::new(sql)
+        .bind(account_id.to_string())
+        .fetch_optional(&mut *pool.acquire().await?)
+        .await?;
+    row.as_ref().map(account_from_row::<DB>).transpose()
+}
+
+async fn select_transaction<DB: Backend>(
+    pool: &Pool<DB>,
+    transaction_id: TransactionId,
+) -> Result<Option<TransactionView>, ProjectionError> {
+    let sql = format!("SELECT {TRANSACTION_COLUMNS} FROM transactions WHERE transaction_id = ?");
+    let row = Sql::<DB>::new(sql)
+        .bind(transaction_id.to_string())
+        .fetch_optional(&mut *pool.acquire().await?)
+        .await?;
+    row.as_ref().map(transaction_from_row::<DB>).transpose()
+}
+
+async fn select_account_events<DB: Backend>(
+    pool: &Pool<DB>,
+    account_id: AccountId,
+    after_sequence: u64,
+    limit: u32,
+) -> Result<Vec<AccountEventRow>, ProjectionError> {
+    let rows = Sql::<DB>::new(
+        "SELECT account_id, sequence, event_id, event_type, event_version, occurred_at_ms, \
+         correlation_id, causation_id, log_topic, log_partition, log_offset, payload \
+         FROM account_events WHERE account_id = ? AND sequence > ? \
+         ORDER BY sequence LIMIT ?",
+    )
+    .bind(account_id.to_string())
+    .bind(to_sql(after_sequence))
+    .bind(i64::from(limit))
+    .fetch_all(&mut *pool.acquire().await?)
+    .await?;
+    rows.iter().map(account_event_from_row::<DB>).collect()
+}
+
+async fn select_opened_by<DB: Backend>(
+    pool: &Pool<DB>,
+    account_id: AccountId,
+) -> Result<Option<CommandId>, ProjectionError> {
+    let row = Sql::<DB>::new(
+        "SELECT causation_id FROM account_events \
+         WHERE account_id = ? AND event_type = 'AccountOpened'",
+    )
+    .bind(account_id.to_string())
+    .fetch_optional(&mut *pool.acquire().await?)
+    .await?;
+    let causation_id = row.map(|row| uuid_column::<DB>(&row, "causation_id"));
+    Ok(causation_id.transpose()?.map(CommandId))
+}
+
+async fn select_caused_by<DB: Backend>(
+    pool: &Pool<DB>,
+    command_id: CommandId,
+) -> Result<bool, ProjectionError> {
+    let row = Sql::<DB>::new("SELECT 1 FROM account_events WHERE causation_id = ? LIMIT 1")
+        .bind(command_id.to_string())
+        .fetch_optional(&mut *pool.acquire().await?)
+        .await?;
+    Ok(row.is_some())
+}
+
+async fn select_projector_offsets<DB: Backend>(
+    pool: &Pool<DB>,
+) -> Result<Vec<StoredOffset>, ProjectionError> {
+    let conn = &mut *pool.acquire().await?;
+    select_offsets::<DB>(conn, crate::projector::PROJECTION_NAME, "").await
+}
+
+/// The stored offsets of `projection`, locked until the transaction ends: a second writer
+/// that reads them waits until this one has committed the offsets it moved.
+pub(crate) async fn stored_offsets_for_update<DB: Backend>(
+    conn: &mut DB::Connection,
     projection: &str,
 ) -> Result<Vec<StoredOffset>, ProjectionError> {
-    let rows = sqlx::query(
+    select_offsets::<DB>(conn, projection, DB::FOR_UPDATE).await
+}
+
+async fn select_offsets<DB: Backend>(
+    conn: &mut DB::Connection,
+    projection: &str,
+    lock: &str,
+) -> Result<Vec<StoredOffset>, ProjectionError> {
+    let sql = format!(
         "SELECT topic, partition_no, next_offset, skipped_records FROM projection_offsets \
-         WHERE projection = ? ORDER BY topic, partition_no",
-    )
-    .bind(projection)
-    .fetch_all(executor)
-    .await?;
-    rows.iter().map(offset_from_row).collect()
+         WHERE projection = ? ORDER BY topic, partition_no{lock}"
+    );
+    let rows = (Sql::<DB>::new(sql).bind(projection.to_owned()))
+        .fetch_all(conn)
+        .await?;
+    rows.iter().map(offset_from_row::<DB>).collect()
 }
 
 /// The accounts among `ids` that have a row.
-pub(crate) async fn accounts_by_id(
-    conn: &mut SqliteConnection,
+pub(crate) async fn accounts_by_id<DB: Backend>(
+    conn: &mut DB::Connection,
     ids: &[AccountId],
 ) -> Result<HashMap<AccountId, AccountView>, ProjectionError> {
     let mut found = HashMap::with_capacity(ids.len());
     for chunk in ids.chunks(IDS_PER_STATEMENT_MAX) {
-        let select = format!("SELECT {ACCOUNT_COLUMNS} FROM accounts WHERE account_id IN (");
-        let rows = select_in(select, chunk)
-            .build()
-            .fetch_all(&mut *conn)
-            .await?;
-        for row in &rows {
-            let account = account_from_row(row)?;
+        let select = format!("SELECT {ACCOUNT_COLUMNS} FROM accounts WHERE account_id IN ");
+        for row in &select_in::<DB, _>(select, chunk).fetch_all(conn).await? {
+            let account = account_from_row::<DB>(row)?;
             found.insert(account.account_id, account);
         }
     }
@@ -213,20 +294,16 @@ pub(crate) async fn accounts_by_id(
 }
 
 /// The transactions among `ids` that have a row.
-pub(crate) async fn transactions_by_id(
-    conn: &mut SqliteConnection,
+pub(crate) async fn transactions_by_id<DB: Backend>(
+    conn: &mut DB::Connection,
     ids: &[TransactionId],
 ) -> Result<HashMap<TransactionId, TransactionView>, ProjectionError> {
     let mut found = HashMap::with_capacity(ids.len());
     for chunk in ids.chunks(IDS_PER_STATEMENT_MAX) {
         let select =
-            format!("SELECT {TRANSACTION_COLUMNS} FROM transactions WHERE transaction_id IN (");
-        let rows = select_in(select, chunk)
-            .build()
-            .fetch_all(&mut *conn)
-            .await?;
-        for row in &rows {
-            let transaction = transaction_from_row(row)?;
+            format!("SELECT {TRANSACTION_COLUMNS} FROM transactions WHERE transaction_id IN ");
+        for row in &select_in::<DB, _>(select, chunk).fetch_all(conn).await? {
+            let transaction = transaction_from_row::<DB>(row)?;
             found.insert(transaction.transaction_id, transaction);
         }
     }
@@ -236,113 +313,111 @@ pub(crate) async fn transactions_by_id(
 /// The sequence of the last projected event of each stream among `ids` that has one. Read
 /// from the audit table rather than `accounts`, since a stream may have events before its
 /// account is opened.
-pub(crate) async fn stream_heads(
-    conn: &mut SqliteConnection,
+pub(crate) async fn stream_heads<DB: Backend>(
+    conn: &mut DB::Connection,
     ids: &[AccountId],
 ) -> Result<HashMap<AccountId, u64>, ProjectionError> {
     let mut heads = HashMap::with_capacity(ids.len());
     for chunk in ids.chunks(IDS_PER_STATEMENT_MAX) {
         let select = "SELECT account_id, MAX(sequence) AS head FROM account_events \
-                      WHERE account_id IN (";
-        let mut query = select_in(select.to_owned(), chunk);
+                      WHERE account_id IN ";
+        let mut query = select_in::<DB, _>(select.to_owned(), chunk);
         query.push(" GROUP BY account_id");
-        for row in query.build().fetch_all(&mut *conn).await? {
-            let account_id = AccountId(uuid_column(&row, "account_id")?);
-            heads.insert(account_id, unsigned_column(&row, "head")?);
+        for row in query.fetch_all(conn).await? {
+            let account_id = AccountId(uuid_column::<DB>(&row, "account_id")?);
+            heads.insert(account_id, unsigned_column::<DB>(&row, "head")?);
         }
     }
     Ok(heads)
 }
 
-/// `select` (ending in `IN (`) followed by the bound ids and the closing parenthesis.
-fn select_in<Id: ToString>(select: String, ids: &[Id]) -> QueryBuilder<Sqlite> {
-    let mut query = QueryBuilder::new(select);
-    let mut list = query.separated(", ");
-    for id in ids {
-        list.push_bind(id.to_string());
-    }
-    list.push_unseparated(")");
+/// `select` (ending in `IN `) followed by the bound ids in parentheses.
+fn select_in<DB: Backend, Id: ToString>(select: String, ids: &[Id]) -> Sql<DB> {
+    let mut query = Sql::new(select);
+    query.push_list(ids.iter().map(ToString::to_string));
     query
 }
 
-fn account_from_row(row: &SqliteRow) -> Result<AccountView, ProjectionError> {
+fn account_from_row<DB: Backend>(row: &DB::Row) -> Result<AccountView, ProjectionError> {
     let billing_address = BillingAddress {
-        address_line1: row.try_get("address_line1")?,
-        address_line2: row.try_get("address_line2")?,
-        city: row.try_get("city")?,
-        state: row.try_get("state")?,
-        postal_code: row.try_get("postal_code")?,
-        country: row.try_get("country")?,
+        address_line1: row.value("address_line1")?,
+        address_line2: row.value("address_line2")?,
+        city: row.value("city")?,
+        state: row.value("state")?,
+        postal_code: row.value("postal_code")?,
+        country: row.value("country")?,
     };
     let billing_address = (billing_address != BillingAddress::default()).then_some(billing_address);
+    let currency = currency_column::<DB>(row, "currency")?;
     Ok(AccountView {
-        account_id: AccountId(uuid_column(row, "account_id")?),
-        name: row.try_get("name")?,
-        email: row.try_get("email")?,
-        phone_number: row.try_get("phone_number")?,
+        account_id: AccountId(uuid_column::<DB>(row, "account_id")?),
+        name: row.value("name")?,
+        email: row.value("email")?,
+        phone_number: row.value("phone_number")?,
         billing_address,
-        currency: currency_column(row, "currency")?,
-        balance: money_column(row, "balance")?,
-        held: money_column(row, "held")?,
-        available: money_column(row, "available")?,
-        sequence: unsigned_column(row, "sequence")?,
-        last_causation_id: CommandId(uuid_column(row, "last_causation_id")?),
-        created_at: time_column(row, "created_at_ms")?,
-        updated_at: time_column(row, "updated_at_ms")?,
+        currency,
+        balance: money_column::<DB>(row, "balance", currency)?,
+        held: money_column::<DB>(row, "held", currency)?,
+        available: money_column::<DB>(row, "available", currency)?,
+        sequence: unsigned_column::<DB>(row, "sequence")?,
+        last_causation_id: CommandId(uuid_column::<DB>(row, "last_causation_id")?),
+        created_at: time_column::<DB>(row, "created_at_ms")?,
+        updated_at: time_column::<DB>(row, "updated_at_ms")?,
     })
 }
 
-fn transaction_from_row(row: &SqliteRow) -> Result<TransactionView, ProjectionError> {
-    let failure_reason: Option<String> = row.try_get("failure_reason")?;
+fn transaction_from_row<DB: Backend>(row: &DB::Row) -> Result<TransactionView, ProjectionError> {
+    let failure_reason: Option<String> = row.value("failure_reason")?;
+    let currency = currency_column::<DB>(row, "currency")?;
     Ok(TransactionView {
-        transaction_id: TransactionId(uuid_column(row, "transaction_id")?),
-        account_id: AccountId(uuid_column(row, "account_id")?),
-        transaction_type: enum_column(row, "transaction_type")?,
-        status: enum_column(row, "status")?,
-        amount: money_column(row, "amount")?,
-        currency: currency_column(row, "currency")?,
-        phone_number: row.try_get("phone_number")?,
+        transaction_id: TransactionId(uuid_column::<DB>(row, "transaction_id")?),
+        account_id: AccountId(uuid_column::<DB>(row, "account_id")?),
+        transaction_type: enum_column::<DB, _>(row, "transaction_type")?,
+        status: enum_column::<DB, _>(row, "status")?,
+        amount: money_column::<DB>(row, "amount", currency)?,
+        currency,
+        phone_number: row.value("phone_number")?,
         failure_reason: failure_reason
             .map(|code| enum_from_text("failure_reason", &code))
             .transpose()?,
-        provider_reference: row.try_get("provider_reference")?,
-        created_at: time_column(row, "created_at_ms")?,
-        updated_at: time_column(row, "updated_at_ms")?,
+        provider_reference: row.value("provider_reference")?,
+        created_at: time_column::<DB>(row, "created_at_ms")?,
+        updated_at: time_column::<DB>(row, "updated_at_ms")?,
     })
 }
 
-fn account_event_from_row(row: &SqliteRow) -> Result<AccountEventRow, ProjectionError> {
-    let payload: String = row.try_get("payload")?;
+fn account_event_from_row<DB: Backend>(row: &DB::Row) -> Result<AccountEventRow, ProjectionError> {
+    let payload: String = row.value("payload")?;
     let payload = serde_json::from_str(&payload).map_err(|_| unreadable("payload", &payload))?;
-    let event_version = unsigned_column(row, "event_version")?;
+    let event_version = unsigned_column::<DB>(row, "event_version")?;
     Ok(AccountEventRow {
-        account_id: AccountId(uuid_column(row, "account_id")?),
-        sequence: unsigned_column(row, "sequence")?,
-        event_id: EventId(uuid_column(row, "event_id")?),
-        event_type: row.try_get("event_type")?,
+        account_id: AccountId(uuid_column::<DB>(row, "account_id")?),
+        sequence: unsigned_column::<DB>(row, "sequence")?,
+        event_id: EventId(uuid_column::<DB>(row, "event_id")?),
+        event_type: row.value("event_type")?,
         event_version: u32::try_from(event_version)
             .map_err(|_| unreadable("event_version", event_version))?,
-        occurred_at: time_column(row, "occurred_at_ms")?,
-        correlation_id: uuid_column(row, "correlation_id")?,
-        causation_id: uuid_column(row, "causation_id")?,
-        log_topic: topic_column(row, "log_topic")?,
-        log_partition: partition_column(row, "log_partition")?,
-        log_offset: unsigned_column(row, "log_offset")?,
+        occurred_at: time_column::<DB>(row, "occurred_at_ms")?,
+        correlation_id: uuid_column::<DB>(row, "correlation_id")?,
+        causation_id: uuid_column::<DB>(row, "causation_id")?,
+        log_topic: topic_column::<DB>(row, "log_topic")?,
+        log_partition: partition_column::<DB>(row, "log_partition")?,
+        log_offset: unsigned_column::<DB>(row, "log_offset")?,
         payload,
     })
 }
 
-fn offset_from_row(row: &SqliteRow) -> Result<StoredOffset, ProjectionError> {
+fn offset_from_row<DB: Backend>(row: &DB::Row) -> Result<StoredOffset, ProjectionError> {
     Ok(StoredOffset {
-        topic: topic_column(row, "topic")?,
-        partition: partition_column(row, "partition_no")?,
-        next_offset: unsigned_column(row, "next_offset")?,
-        skipped_records: unsigned_column(row, "skipped_records")?,
+        topic: topic_column::<DB>(row, "topic")?,
+        partition: partition_column::<DB>(row, "partition_no")?,
+        next_offset: unsigned_column::<DB>(row, "next_offset")?,
+        skipped_records: unsigned_column::<DB>(row, "skipped_records")?,
     })
 }
 
-/// An offset, sequence or count as SQLite stores it. Every one of them fits: they count
-/// records and events, far below 2^63.
+/// An offset, sequence or count as the store keeps it, a signed 64-bit integer. Every one of
+/// them fits: they count records and events, far below 2^63.
 pub(crate) fn to_sql(value: u64) -> i64 {
     i64::try_from(value).unwrap_or(i64::MAX)
 }
@@ -354,49 +429,72 @@ fn unreadable(column: &'static str, value: impl ToString) -> ProjectionError {
     }
 }
 
-fn uuid_column(row: &SqliteRow, column: &'static str) -> Result<Uuid, ProjectionError> {
-    let text: String = row.try_get(column)?;
+fn uuid_column<DB: Backend>(row: &DB::Row, column: &'static str) -> Result<Uuid, ProjectionError> {
+    let text: String = row.value(column)?;
     Uuid::parse_str(&text).map_err(|_| unreadable(column, text))
 }
 
-fn money_column(row: &SqliteRow, column: &'static str) -> Result<Decimal, ProjectionError> {
-    let text: String = row.try_get(column)?;
-    Decimal::from_str_exact(&text).map_err(|_| unreadable(column, text))
+/// An amount at `currency`'s scale; one with more decimals than the currency allows is
+/// unreadable, not rounded.
+fn money_column<DB: Backend>(
+    row: &DB::Row,
+    column: &'static str,
+    currency: Currency,
+) -> Result<Decimal, ProjectionError> {
+    let stored: Money = row.value(column)?;
+    stored
+        .in_currency(currency)
+        .ok_or_else(|| unreadable(column, stored.value()))
 }
 
-fn currency_column(row: &SqliteRow, column: &'static str) -> Result<Currency, ProjectionError> {
-    let text: String = row.try_get(column)?;
+fn currency_column<DB: Backend>(
+    row: &DB::Row,
+    column: &'static str,
+) -> Result<Currency, ProjectionError> {
+    let text: String = row.value(column)?;
     text.parse().map_err(|_| unreadable(column, text))
 }
 
-fn unsigned_column(row: &SqliteRow, column: &'static str) -> Result<u64, ProjectionError> {
-    let value: i64 = row.try_get(column)?;
+fn unsigned_column<DB: Backend>(
+    row: &DB::Row,
+    column: &'static str,
+) -> Result<u64, ProjectionError> {
+    let value: i64 = row.value(column)?;
     u64::try_from(value).map_err(|_| unreadable(column, value))
 }
 
-fn partition_column(row: &SqliteRow, column: &'static str) -> Result<u32, ProjectionError> {
-    let value: i64 = row.try_get(column)?;
+fn partition_column<DB: Backend>(
+    row: &DB::Row,
+    column: &'static str,
+) -> Result<u32, ProjectionError> {
+    let value: i64 = row.value(column)?;
     u32::try_from(value).map_err(|_| unreadable(column, value))
 }
 
-fn time_column(row: &SqliteRow, column: &'static str) -> Result<DateTime<Utc>, ProjectionError> {
-    let millis: i64 = row.try_get(column)?;
+fn time_column<DB: Backend>(
+    row: &DB::Row,
+    column: &'static str,
+) -> Result<DateTime<Utc>, ProjectionError> {
+    let millis: i64 = row.value(column)?;
     DateTime::from_timestamp_millis(millis).ok_or_else(|| unreadable(column, millis))
 }
 
-fn topic_column(row: &SqliteRow, column: &'static str) -> Result<Topic, ProjectionError> {
-    let name: String = row.try_get(column)?;
+fn topic_column<DB: Backend>(
+    row: &DB::Row,
+    column: &'static str,
+) -> Result<Topic, ProjectionError> {
+    let name: String = row.value(column)?;
     Topic::ALL
         .into_iter()
         .find(|topic| topic.name() == name)
         .ok_or_else(|| unreadable(column, name))
 }
 
-fn enum_column<T: DeserializeOwned>(
-    row: &SqliteRow,
+fn enum_column<DB: Backend, T: DeserializeOwned>(
+    row: &DB::Row,
     column: &'static str,
 ) -> Result<T, ProjectionError> {
-    let text: String = row.try_get(column)?;
+    let text: String = row.value(column)?;
     enum_from_text(column, &text)
 }
 

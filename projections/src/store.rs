@@ -1,67 +1,208 @@
 //! The read store: the database holding the read tables, opened once and shared.
 //!
-//! SQLite today; a MySQL variant will sit beside `open_sqlite`. SQL lives in two modules so
-//! that variant has few places to touch: [`crate::queries`] reads, [`crate::writes`] writes.
-//! The same database also holds the API's own tables (migrations `0002` and `0003` of the
-//! shared folder), so opening the store brings the whole schema up to date.
+//! It runs on SQLite (the embedded default, a file in the data directory) or on MySQL and
+//! MariaDB, chosen by the database URL given to [`ReadStore::open`]. Queries are written once,
+//! generic over [`crate::Backend`]; [`crate::with_pool!`] is where they meet a concrete pool. SQL
+//! lives in two modules: [`crate::queries`] reads, [`crate::writes`] writes. The same database
+//! also holds the API's own tables (migrations `0002` and `0003`), so opening the store brings
+//! the whole schema up to date.
 
 use std::path::Path;
+use std::str::FromStr;
 use std::time::Duration;
 
-use sqlx::SqlitePool;
 use sqlx::migrate::Migrator;
+use sqlx::mysql::{MySqlConnectOptions, MySqlPoolOptions};
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
+use sqlx::{AssertSqlSafe, Executor, MySqlPool, SqlitePool};
 
 use crate::error::ProjectionError;
 
-/// Connections in the pool. The projector holds one while it applies a batch, and the API's
-/// reads share the rest; WAL lets readers run beside the one writer, so more would only hold
-/// more snapshots open on a small server.
-const CONNECTIONS_MAX: u32 = 8;
+/// SQLite connections in the pool. The projector holds one while it applies a batch, and the
+/// API's reads share the rest; WAL lets readers run beside the one writer, so more would only
+/// hold more snapshots open on a small server.
+const SQLITE_CONNECTIONS_MAX: u32 = 8;
 
-/// How long a caller waits for a free connection before the pool gives up.
+/// MySQL connections in the pool. The server runs readers and writers side by side, so the
+/// API gets more room than on SQLite; sixteen per process keeps a handful of Tally processes
+/// well inside MariaDB's default `max_connections` of 151.
+const MYSQL_CONNECTIONS_MAX: u32 = 16;
+
+/// How long a caller waits for a free connection, or for a new one to connect, before the
+/// pool gives up.
 const ACQUIRE_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// How long a statement waits for SQLite's write lock. The projector's transactions and the
-/// API's writes take milliseconds, so waiting this long means something is stuck.
-const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long a statement waits for a lock another transaction holds: SQLite's write lock, or
+/// InnoDB's row locks. The projector's transactions and the API's writes take milliseconds,
+/// so waiting this long means something is stuck.
+const LOCK_TIMEOUT: Duration = Duration::from_secs(5);
 
-/// The schema of the read store and the API's tables.
-static MIGRATOR: Migrator = sqlx::migrate!("../migrations/sqlite");
+/// A MySQL connection idle this long is closed, well before the server's own `wait_timeout`
+/// (eight hours by default) drops it under us.
+const MYSQL_IDLE_TIMEOUT: Duration = Duration::from_secs(10 * 60);
+
+/// A MySQL connection is replaced after this long, so a failover or a changed server setting
+/// reaches every connection within the half hour.
+const MYSQL_CONNECTION_LIFETIME_MAX: Duration = Duration::from_secs(30 * 60);
+
+/// The schema on SQLite.
+static SQLITE_MIGRATOR: Migrator = sqlx::migrate!("../migrations/sqlite");
+
+/// The same schema on MySQL: the same tables and columns, with MySQL's types.
+static MYSQL_MIGRATOR: Migrator = sqlx::migrate!("../migrations/mysql");
 
 /// The read store. Cheap to clone: clones share one pool.
 #[derive(Clone, Debug)]
 pub struct ReadStore {
-    pool: SqlitePool,
+    pool: StorePool,
+}
+
+/// The pool of the database the store runs on. Match on it through [`with_pool!`], which runs
+/// the same generic code on either.
+#[derive(Clone, Debug)]
+pub enum StorePool {
+    Sqlite(SqlitePool),
+    MySql(MySqlPool),
+}
+
+/// Runs `$body` with `$pool` bound to the store's concrete pool (`&SqlitePool` or
+/// `&MySqlPool`). The body is compiled once for each backend, so it should call a function
+/// generic over [`crate::Backend`] rather than hold SQL of its own.
+#[macro_export]
+macro_rules! with_pool {
+    ($store:expr, $pool:ident => $body:expr) => {
+        match $store.pool() {
+            $crate::StorePool::Sqlite($pool) => $body,
+            $crate::StorePool::MySql($pool) => $body,
+        }
+    };
 }
 
 impl ReadStore {
-    /// Opens (or creates) the SQLite database at `path` and applies pending migrations.
+    /// Opens the store at `url` and applies pending migrations:
     ///
-    /// `synchronous=NORMAL` rather than `FULL`: a power loss may drop the last transactions,
-    /// and that is fine because the store is rebuilt from the log, with its offsets dropped
-    /// together with its rows.
-    pub async fn open_sqlite(path: &Path) -> Result<ReadStore, ProjectionError> {
-        let options = SqliteConnectOptions::new()
-            .filename(path)
-            .create_if_missing(true)
-            .journal_mode(SqliteJournalMode::Wal)
-            .synchronous(SqliteSynchronous::Normal)
-            .foreign_keys(true)
-            .busy_timeout(BUSY_TIMEOUT);
-        let pool = SqlitePoolOptions::new()
-            .max_connections(CONNECTIONS_MAX)
-            .acquire_timeout(ACQUIRE_TIMEOUT)
-            .connect_with(options)
-            .await?;
-
-        MIGRATOR.run(&pool).await?;
-        tracing::info!(path = %path.display(), "read store opened");
-        Ok(ReadStore { pool })
+    /// - `mysql://user:password@host:port/database` (or `mariadb://`): MySQL or MariaDB. TLS is
+    ///   set with sqlx's URL parameters: `ssl-mode` (`disabled`, `preferred`, the default,
+    ///   `required`, `verify_ca`, `verify_identity`), `ssl-ca`, `ssl-cert` and `ssl-key`.
+    /// - `sqlite://path` (with sqlx's SQLite URL parameters), or a plain file path: SQLite,
+    ///   created when missing.
+    pub async fn open(url: &str) -> Result<ReadStore, ProjectionError> {
+        match target(url)? {
+            Target::Sqlite(options) => open_sqlite(options).await,
+            Target::MySql(options) => open_mysql(options).await,
+        }
     }
 
-    /// The pool, for the API's own tables in the same database.
-    pub fn pool(&self) -> &SqlitePool {
+    /// Checks that `url` names a database [`ReadStore::open`] can open, without connecting.
+    pub fn check_url(url: &str) -> Result<(), ProjectionError> {
+        target(url).map(drop)
+    }
+
+    /// Opens (or creates) the SQLite database at `path` and applies pending migrations.
+    pub async fn open_sqlite(path: &Path) -> Result<ReadStore, ProjectionError> {
+        open_sqlite(SqliteConnectOptions::new().filename(path)).await
+    }
+
+    /// The pool, for the API's own tables in the same database; see [`with_pool!`].
+    pub fn pool(&self) -> &StorePool {
         &self.pool
     }
+
+    /// Closes every connection, waiting for those in use to come back.
+    pub async fn close(&self) {
+        match &self.pool {
+            StorePool::Sqlite(pool) => pool.close().await,
+            StorePool::MySql(pool) => pool.close().await,
+        }
+    }
+}
+
+/// The database a URL names, with its connection options parsed.
+enum Target {
+    Sqlite(SqliteConnectOptions),
+    MySql(MySqlConnectOptions),
+}
+
+fn target(url: &str) -> Result<Target, ProjectionError> {
+    let invalid = |reason: &str| Err(ProjectionError::InvalidDatabaseUrl(reason.to_owned()));
+    match url.split_once(':').map(|(scheme, _)| scheme) {
+        Some("mysql" | "mariadb") => {
+            let options = MySqlConnectOptions::from_str(url).map_err(invalid_url)?;
+            Ok(Target::MySql(options))
+        }
+        Some("sqlite") => {
+            let options = SqliteConnectOptions::from_str(url).map_err(invalid_url)?;
+            Ok(Target::Sqlite(options))
+        }
+        _ if url.contains("://") => invalid("the scheme is neither sqlite nor mysql"),
+        _ if url.is_empty() => invalid("the url is empty"),
+        _ => Ok(Target::Sqlite(SqliteConnectOptions::new().filename(url))),
+    }
+}
+
+/// `synchronous=NORMAL` rather than `FULL`: a power loss may drop the last transactions, and
+/// that is fine because the store is rebuilt from the log, with its offsets dropped together
+/// with its rows.
+async fn open_sqlite(options: SqliteConnectOptions) -> Result<ReadStore, ProjectionError> {
+    let options = options
+        .create_if_missing(true)
+        .journal_mode(SqliteJournalMode::Wal)
+        .synchronous(SqliteSynchronous::Normal)
+        .foreign_keys(true)
+        .busy_timeout(LOCK_TIMEOUT);
+    let path = options.get_filename().display().to_string();
+    let pool = SqlitePoolOptions::new()
+        .max_connections(SQLITE_CONNECTIONS_MAX)
+        .acquire_timeout(ACQUIRE_TIMEOUT)
+        .connect_with(options)
+        .await?;
+
+    SQLITE_MIGRATOR.run(&pool).await?;
+    tracing::info!(backend = "sqlite", path, "read store opened");
+    Ok(ReadStore {
+        pool: StorePool::Sqlite(pool),
+    })
+}
+
+/// Every connection bounds its lock waits like SQLite's busy timeout, and refuses a value
+/// that does not fit its column instead of truncating it, whatever the server's defaults.
+/// sqlx has already set UTF-8 (`utf8mb4`) and the UTC time zone.
+async fn open_mysql(options: MySqlConnectOptions) -> Result<ReadStore, ProjectionError> {
+    let session = format!(
+        "SET SESSION innodb_lock_wait_timeout = {}, \
+         SESSION sql_mode = CONCAT(@@sql_mode, ',STRICT_ALL_TABLES')",
+        LOCK_TIMEOUT.as_secs()
+    );
+    let pool = MySqlPoolOptions::new()
+        .max_connections(MYSQL_CONNECTIONS_MAX)
+        .acquire_timeout(ACQUIRE_TIMEOUT)
+        .idle_timeout(MYSQL_IDLE_TIMEOUT)
+        .max_lifetime(MYSQL_CONNECTION_LIFETIME_MAX)
+        .after_connect(move |conn, _| {
+            let session = session.clone();
+            Box::pin(async move {
+                conn.execute(AssertSqlSafe(session)).await?;
+                Ok(())
+            })
+        })
+        .connect_with(options.clone())
+        .await?;
+
+    MYSQL_MIGRATOR.run(&pool).await?;
+    tracing::info!(
+        backend = "mysql",
+        host = options.get_host(),
+        port = options.get_port(),
+        database = options.get_database().unwrap_or_default(),
+        ssl_mode = ?options.get_ssl_mode(),
+        "read store opened"
+    );
+    Ok(ReadStore {
+        pool: StorePool::MySql(pool),
+    })
+}
+
+/// The reason a URL did not parse. sqlx's messages name the part at fault, never the password.
+fn invalid_url(error: sqlx::Error) -> ProjectionError {
+    ProjectionError::InvalidDatabaseUrl(error.to_string())
 }

@@ -1,186 +1,303 @@
 //! Every write to the read tables. Only the projector calls these, inside the one transaction
 //! that applies a batch and stores its offsets.
 //!
-//! Rows go out in multi-row statements. Accounts and transactions are upserted whole, in the
-//! state the batch folded them to; the `ON CONFLICT ... DO UPDATE` clauses are the part a MySQL
-//! variant rewrites as `ON DUPLICATE KEY UPDATE`.
+//! Rows go out in multi-row statements, as many rows to a statement as the backend binds.
+//! Accounts and transactions are upserted whole, in the state the batch folded them to; the
+//! upsert clause is the backend's (`ON CONFLICT ... DO UPDATE` on SQLite, `ON DUPLICATE KEY
+//! UPDATE` on MySQL), and so is how it names the value the insert proposed.
 
-use sqlx::query_builder::Separated;
-use sqlx::{QueryBuilder, Sqlite, SqliteConnection};
-use tally_domain::money::format_at_scale;
-
+use crate::backend::Backend;
 use crate::batch::{Changes, OffsetAdvance, StatementLine};
+use crate::money::Money;
 use crate::queries::{AccountEventRow, AccountView, TransactionView, to_sql};
+use crate::sql::{Sql, Tuple};
 
-/// Rows per statement. The widest row binds 18 values, so a statement binds at most 9,000:
-/// well inside SQLite's 32,766 and MySQL's 65,535, and large enough that a batch of a
+/// Rows per statement at most. The widest row binds 18 values, so a statement binds at most
+/// 9,000: well inside every backend's `BOUND_VALUES_MAX`, and large enough that a batch of a
 /// thousand records takes a handful of statements.
 const ROWS_PER_STATEMENT_MAX: usize = 500;
 
+/// A table, and the columns a batch writes in the order each row binds them.
+struct Table {
+    name: &'static str,
+    columns: &'static [&'static str],
+}
+
+const ACCOUNT_EVENTS: Table = Table {
+    name: "account_events",
+    columns: &[
+        "account_id",
+        "sequence",
+        "event_id",
+        "event_type",
+        "event_version",
+        "occurred_at_ms",
+        "correlation_id",
+        "causation_id",
+        "log_topic",
+        "log_partition",
+        "log_offset",
+        "payload",
+    ],
+};
+
+const STATEMENT_LINES: Table = Table {
+    name: "statement_lines",
+    columns: &[
+        "account_id",
+        "sequence",
+        "transaction_id",
+        "entry",
+        "amount",
+        "balance_after",
+        "occurred_at_ms",
+    ],
+};
+
+const ACCOUNTS: Table = Table {
+    name: "accounts",
+    columns: &[
+        "account_id",
+        "name",
+        "email",
+        "phone_number",
+        "address_line1",
+        "address_line2",
+        "city",
+        "state",
+        "postal_code",
+        "country",
+        "currency",
+        "balance",
+        "held",
+        "available",
+        "sequence",
+        "last_causation_id",
+        "created_at_ms",
+        "updated_at_ms",
+    ],
+};
+
+/// What an account upsert changes: everything but the key, the currency and the opening time.
+const ACCOUNT_UPDATED_COLUMNS: [&str; 15] = [
+    "name",
+    "email",
+    "phone_number",
+    "address_line1",
+    "address_line2",
+    "city",
+    "state",
+    "postal_code",
+    "country",
+    "balance",
+    "held",
+    "available",
+    "sequence",
+    "last_causation_id",
+    "updated_at_ms",
+];
+
+const TRANSACTIONS: Table = Table {
+    name: "transactions",
+    columns: &[
+        "transaction_id",
+        "account_id",
+        "transaction_type",
+        "status",
+        "amount",
+        "currency",
+        "phone_number",
+        "failure_reason",
+        "provider_reference",
+        "created_at_ms",
+        "updated_at_ms",
+    ],
+};
+
+/// What a transaction upsert changes: its progress, and its creation time, which moves to the
+/// command's when the command is read after the events.
+const TRANSACTION_UPDATED_COLUMNS: [&str; 5] = [
+    "status",
+    "created_at_ms",
+    "failure_reason",
+    "provider_reference",
+    "updated_at_ms",
+];
+
+const PROJECTION_OFFSETS: Table = Table {
+    name: "projection_offsets",
+    columns: &[
+        "projection",
+        "topic",
+        "partition_no",
+        "next_offset",
+        "skipped_records",
+    ],
+};
+
 /// Writes what a batch changed, and where it leaves each partition, for `projection`.
-pub(crate) async fn write(
-    conn: &mut SqliteConnection,
+pub(crate) async fn write<DB: Backend>(
+    conn: &mut DB::Connection,
     projection: &str,
     changes: &Changes,
 ) -> Result<(), sqlx::Error> {
-    insert_account_events(conn, &changes.account_events).await?;
-    insert_statement_lines(conn, &changes.statement_lines).await?;
-    upsert_accounts(conn, &changes.accounts).await?;
-    upsert_transactions(conn, &changes.transactions).await?;
-    save_offsets(conn, projection, &changes.offsets).await
+    insert_account_events::<DB>(conn, &changes.account_events).await?;
+    insert_statement_lines::<DB>(conn, &changes.statement_lines).await?;
+    upsert_accounts::<DB>(conn, &changes.accounts).await?;
+    upsert_transactions::<DB>(conn, &changes.transactions).await?;
+    save_offsets::<DB>(conn, projection, &changes.offsets).await
 }
 
-/// Runs `head VALUES (...), (...) tail` over `rows`, one statement per chunk.
-async fn insert_rows<T>(
-    conn: &mut SqliteConnection,
-    head: &str,
+/// Inserts `rows` into `table`, each statement followed by `tail`, in as few statements as the
+/// backend's bound-value limit allows.
+async fn insert_rows<DB: Backend, T>(
+    conn: &mut DB::Connection,
+    table: &Table,
     tail: &str,
     rows: &[T],
-    push_row: impl Fn(&mut Separated<'_, Sqlite, &'static str>, &T),
+    bind_row: impl Fn(&mut Tuple<'_, DB>, &T),
 ) -> Result<(), sqlx::Error> {
-    for chunk in rows.chunks(ROWS_PER_STATEMENT_MAX) {
-        let mut query = QueryBuilder::<Sqlite>::new(head);
-        query.push_values(chunk, |mut values, row| push_row(&mut values, row));
-        query.push(tail);
-        query.build().execute(&mut *conn).await?;
+    let bound_per_row = table.columns.len();
+    let rows_per_statement = ROWS_PER_STATEMENT_MAX.min(DB::BOUND_VALUES_MAX / bound_per_row);
+    let head = format!("INSERT INTO {} ({}) ", table.name, table.columns.join(", "));
+    for chunk in rows.chunks(rows_per_statement) {
+        let mut insert = Sql::<DB>::new(head.as_str());
+        insert.push_values(chunk, &bind_row).push(tail);
+        insert.execute(conn).await?;
     }
     Ok(())
 }
 
+/// The upsert clause on `key` that sets each of `columns` to the value the insert proposed.
+fn update_on_conflict<DB: Backend>(key: &str, columns: &[&str]) -> String {
+    let assignments: Vec<String> = (columns.iter())
+        .map(|column| format!("{column} = {}", DB::inserted(column)))
+        .collect();
+    format!(
+        " {} {}",
+        DB::on_conflict_update(key),
+        assignments.join(", ")
+    )
+}
+
 /// Inserted, never upserted: an event already in the table means it is applied twice, and
 /// the unique keys refuse it.
-async fn insert_account_events(
-    conn: &mut SqliteConnection,
+async fn insert_account_events<DB: Backend>(
+    conn: &mut DB::Connection,
     rows: &[AccountEventRow],
 ) -> Result<(), sqlx::Error> {
-    let head = "INSERT INTO account_events (account_id, sequence, event_id, event_type, \
-                event_version, occurred_at_ms, correlation_id, causation_id, log_topic, \
-                log_partition, log_offset, payload) ";
-    insert_rows(conn, head, "", rows, |values, row| {
+    insert_rows::<DB, _>(conn, &ACCOUNT_EVENTS, "", rows, |values, row| {
         values
-            .push_bind(row.account_id.to_string())
-            .push_bind(to_sql(row.sequence))
-            .push_bind(row.event_id.to_string())
-            .push_bind(row.event_type.clone())
-            .push_bind(i64::from(row.event_version))
-            .push_bind(row.occurred_at.timestamp_millis())
-            .push_bind(row.correlation_id.to_string())
-            .push_bind(row.causation_id.to_string())
-            .push_bind(row.log_topic.name())
-            .push_bind(i64::from(row.log_partition))
-            .push_bind(to_sql(row.log_offset))
-            .push_bind(row.payload.to_string());
+            .bind(row.account_id.to_string())
+            .bind(to_sql(row.sequence))
+            .bind(row.event_id.to_string())
+            .bind(row.event_type.clone())
+            .bind(i64::from(row.event_version))
+            .bind(row.occurred_at.timestamp_millis())
+            .bind(row.correlation_id.to_string())
+            .bind(row.causation_id.to_string())
+            .bind(row.log_topic.name())
+            .bind(i64::from(row.log_partition))
+            .bind(to_sql(row.log_offset))
+            .bind(row.payload.to_string());
     })
     .await
 }
 
-async fn insert_statement_lines(
-    conn: &mut SqliteConnection,
+async fn insert_statement_lines<DB: Backend>(
+    conn: &mut DB::Connection,
     rows: &[StatementLine],
 ) -> Result<(), sqlx::Error> {
-    let head = "INSERT INTO statement_lines (account_id, sequence, transaction_id, entry, \
-                amount, balance_after, occurred_at_ms) ";
-    insert_rows(conn, head, "", rows, |values, row| {
+    insert_rows::<DB, _>(conn, &STATEMENT_LINES, "", rows, |values, row| {
         values
-            .push_bind(row.account_id.to_string())
-            .push_bind(to_sql(row.sequence))
-            .push_bind(row.transaction_id.to_string())
-            .push_bind(row.entry.as_str())
-            .push_bind(format_at_scale(row.amount, row.currency))
-            .push_bind(format_at_scale(row.balance_after, row.currency))
-            .push_bind(row.occurred_at.timestamp_millis());
+            .bind(row.account_id.to_string())
+            .bind(to_sql(row.sequence))
+            .bind(row.transaction_id.to_string())
+            .bind(row.entry.as_str())
+            .bind(Money::at_scale(row.amount, row.currency))
+            .bind(Money::at_scale(row.balance_after, row.currency))
+            .bind(row.occurred_at.timestamp_millis());
     })
     .await
 }
 
-async fn upsert_accounts(
-    conn: &mut SqliteConnection,
+async fn upsert_accounts<DB: Backend>(
+    conn: &mut DB::Connection,
     rows: &[AccountView],
 ) -> Result<(), sqlx::Error> {
-    let head = "INSERT INTO accounts (account_id, name, email, phone_number, address_line1, \
-                address_line2, city, state, postal_code, country, currency, balance, held, \
-                available, sequence, last_causation_id, created_at_ms, updated_at_ms) ";
-    let tail = " ON CONFLICT (account_id) DO UPDATE SET name = excluded.name, \
-                email = excluded.email, phone_number = excluded.phone_number, \
-                address_line1 = excluded.address_line1, address_line2 = excluded.address_line2, \
-                city = excluded.city, state = excluded.state, \
-                postal_code = excluded.postal_code, country = excluded.country, \
-                balance = excluded.balance, held = excluded.held, \
-                available = excluded.available, sequence = excluded.sequence, \
-                last_causation_id = excluded.last_causation_id, \
-                updated_at_ms = excluded.updated_at_ms";
-    insert_rows(conn, head, tail, rows, |values, row| {
+    let tail = update_on_conflict::<DB>("account_id", &ACCOUNT_UPDATED_COLUMNS);
+    insert_rows::<DB, _>(conn, &ACCOUNTS, &tail, rows, |values, row| {
         let address = row.billing_address.clone().unwrap_or_default();
-        let money = |value| format_at_scale(value, row.currency);
+        let money = |value| Money::at_scale(value, row.currency);
         values
-            .push_bind(row.account_id.to_string())
-            .push_bind(row.name.clone())
-            .push_bind(row.email.clone())
-            .push_bind(row.phone_number.clone())
-            .push_bind(address.address_line1)
-            .push_bind(address.address_line2)
-            .push_bind(address.city)
-            .push_bind(address.state)
-            .push_bind(address.postal_code)
-            .push_bind(address.country)
-            .push_bind(row.currency.code())
-            .push_bind(money(row.balance))
-            .push_bind(money(row.held))
-            .push_bind(money(row.available))
-            .push_bind(to_sql(row.sequence))
-            .push_bind(row.last_causation_id.to_string())
-            .push_bind(row.created_at.timestamp_millis())
-            .push_bind(row.updated_at.timestamp_millis());
+            .bind(row.account_id.to_string())
+            .bind(row.name.clone())
+            .bind(row.email.clone())
+            .bind(row.phone_number.clone())
+            .bind(address.address_line1)
+            .bind(address.address_line2)
+            .bind(address.city)
+            .bind(address.state)
+            .bind(address.postal_code)
+            .bind(address.country)
+            .bind(row.currency.code())
+            .bind(money(row.balance))
+            .bind(money(row.held))
+            .bind(money(row.available))
+            .bind(to_sql(row.sequence))
+            .bind(row.last_causation_id.to_string())
+            .bind(row.created_at.timestamp_millis())
+            .bind(row.updated_at.timestamp_millis());
     })
     .await
 }
 
-async fn upsert_transactions(
-    conn: &mut SqliteConnection,
+async fn upsert_transactions<DB: Backend>(
+    conn: &mut DB::Connection,
     rows: &[TransactionView],
 ) -> Result<(), sqlx::Error> {
-    let head = "INSERT INTO transactions (transaction_id, account_id, transaction_type, status, \
-                amount, currency, phone_number, failure_reason, provider_reference, \
-                created_at_ms, updated_at_ms) ";
-    let tail = " ON CONFLICT (transaction_id) DO UPDATE SET status = excluded.status, \
-                created_at_ms = excluded.created_at_ms, \
-                failure_reason = excluded.failure_reason, \
-                provider_reference = excluded.provider_reference, \
-                updated_at_ms = excluded.updated_at_ms";
-    insert_rows(conn, head, tail, rows, |values, row| {
+    let tail = update_on_conflict::<DB>("transaction_id", &TRANSACTION_UPDATED_COLUMNS);
+    insert_rows::<DB, _>(conn, &TRANSACTIONS, &tail, rows, |values, row| {
         values
-            .push_bind(row.transaction_id.to_string())
-            .push_bind(row.account_id.to_string())
-            .push_bind(row.transaction_type.as_str())
-            .push_bind(row.status.as_str())
-            .push_bind(format_at_scale(row.amount, row.currency))
-            .push_bind(row.currency.code())
-            .push_bind(row.phone_number.clone())
-            .push_bind(row.failure_reason.map(|reason| reason.code()))
-            .push_bind(row.provider_reference.clone())
-            .push_bind(row.created_at.timestamp_millis())
-            .push_bind(row.updated_at.timestamp_millis());
+            .bind(row.transaction_id.to_string())
+            .bind(row.account_id.to_string())
+            .bind(row.transaction_type.as_str())
+            .bind(row.status.as_str())
+            .bind(Money::at_scale(row.amount, row.currency))
+            .bind(row.currency.code())
+            .bind(row.phone_number.clone())
+            .bind(row.failure_reason.map(|reason| reason.code()))
+            .bind(row.provider_reference.clone())
+            .bind(row.created_at.timestamp_millis())
+            .bind(row.updated_at.timestamp_millis());
     })
     .await
 }
 
-async fn save_offsets(
-    conn: &mut SqliteConnection,
+/// Moves each partition's offset, and adds the records skipped there to those skipped before.
+async fn save_offsets<DB: Backend>(
+    conn: &mut DB::Connection,
     projection: &str,
     offsets: &[OffsetAdvance],
 ) -> Result<(), sqlx::Error> {
-    let head = "INSERT INTO projection_offsets (projection, topic, partition_no, next_offset, \
-                skipped_records) ";
-    let tail = " ON CONFLICT (projection, topic, partition_no) DO UPDATE SET \
-                next_offset = excluded.next_offset, \
-                skipped_records = projection_offsets.skipped_records + excluded.skipped_records";
-    insert_rows(conn, head, tail, offsets, |values, advance| {
-        values
-            .push_bind(projection.to_owned())
-            .push_bind(advance.partition.topic.name())
-            .push_bind(i64::from(advance.partition.partition))
-            .push_bind(to_sql(advance.next_offset))
-            .push_bind(to_sql(advance.skipped_records));
-    })
+    let tail = format!(
+        "{}, skipped_records = skipped_records + {}",
+        update_on_conflict::<DB>("projection, topic, partition_no", &["next_offset"]),
+        DB::inserted("skipped_records")
+    );
+    insert_rows::<DB, _>(
+        conn,
+        &PROJECTION_OFFSETS,
+        &tail,
+        offsets,
+        |values, advance| {
+            values
+                .bind(projection.to_owned())
+                .bind(advance.partition.topic.name())
+                .bind(i64::from(advance.partition.partition))
+                .bind(to_sql(advance.next_offset))
+                .bind(to_sql(advance.skipped_records));
+        },
+    )
     .await
 }

@@ -1,13 +1,13 @@
 //! End to end: the projector over the real embedded log and real read stores, fed with the
 //! commands and the events a real `AccountLedger` decides, through stops, crashes and rebuilds.
+//! Every test runs once on SQLite and once on MySQL (`name::sqlite`, `name::mysql`).
 
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
 use rust_decimal::Decimal;
-use sqlx::sqlite::SqliteRow;
-use sqlx::{AssertSqlSafe, Row};
+use sqlx::{Column, Pool, Row};
 use tally_commands::log::sqlite::{SqliteLog, SqliteLogSettings};
 use tally_commands::log::{EventLog, NewRecord, Topic};
 use tally_commands::message::CommandEnvelope;
@@ -17,7 +17,11 @@ use tally_domain::{
     Currency, EventEnvelope, FailureReason, LedgerCommand, LedgerEvent, PhoneNumber, TransactionId,
     TransactionStatus, TransactionType,
 };
-use tally_projections::{ProjectionError, ProjectorSettings, ReadStore, lag, run};
+use tally_projections::test_support::{TestBackend, TestStore};
+use tally_projections::{
+    Backend, Get, Money, ProjectionError, ProjectorSettings, ReadStore, Sql, backend_tests, lag,
+    run, with_pool,
+};
 use tempfile::TempDir;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
@@ -28,7 +32,9 @@ const USD: Currency = Currency::USD;
 
 /// A log, the ledgers deciding its streams, and a count of what was appended.
 struct World {
-    dir: TempDir,
+    /// Holds the log's files for as long as the world lives.
+    _dir: TempDir,
+    backend: TestBackend,
     log: Arc<dyn EventLog>,
     ledgers: HashMap<AccountId, AccountLedger>,
     commands: usize,
@@ -40,12 +46,13 @@ struct World {
 }
 
 impl World {
-    async fn new() -> World {
+    async fn new(backend: TestBackend) -> World {
         let dir = tempfile::tempdir().unwrap();
         let settings = SqliteLogSettings::new(dir.path().join("log"), PARTITIONS);
         let log: Arc<dyn EventLog> = SqliteLog::open(settings).await.unwrap();
         World {
-            dir,
+            _dir: dir,
+            backend,
             log,
             ledgers: HashMap::new(),
             commands: 0,
@@ -55,10 +62,9 @@ impl World {
         }
     }
 
-    async fn store(&self, name: &str) -> ReadStore {
-        ReadStore::open_sqlite(&self.dir.path().join(name))
-            .await
-            .unwrap()
+    /// A new, empty read store on the world's backend.
+    async fn store(&self) -> TestStore {
+        TestStore::open(self.backend).await
     }
 
     /// Appends a command, then the events its account's ledger decides, as the decider would.
@@ -239,17 +245,16 @@ async fn caught_up(log: &Arc<dyn EventLog>, store: &ReadStore) {
         .expect("the projector should catch up with the log");
 }
 
-async fn count(store: &ReadStore, table: &str) -> usize {
-    let sql = format!("SELECT COUNT(*) FROM {table}");
-    let count: i64 = sqlx::query_scalar(AssertSqlSafe(sql))
-        .fetch_one(store.pool())
-        .await
-        .unwrap();
-    usize::try_from(count).unwrap()
+async fn count(test: &TestStore, table: &str) -> usize {
+    usize::try_from(test.count(table).await).unwrap()
 }
 
 /// Every row of every read table as text, in key order.
 async fn dump(store: &ReadStore) -> Vec<String> {
+    with_pool!(store, pool => dump_tables(pool).await)
+}
+
+async fn dump_tables<DB: Backend>(pool: &Pool<DB>) -> Vec<String> {
     let tables = [
         "accounts",
         "transactions",
@@ -257,38 +262,62 @@ async fn dump(store: &ReadStore) -> Vec<String> {
         "account_events",
         "projection_offsets",
     ];
+    let conn = &mut *pool.acquire().await.unwrap();
     let mut rows = Vec::new();
     for table in tables {
-        let sql = format!("SELECT * FROM {table} ORDER BY 1, 2, 3");
-        let fetched = sqlx::query(AssertSqlSafe(sql))
-            .fetch_all(store.pool())
-            .await
-            .unwrap();
-        for row in &fetched {
-            let cells: Vec<String> = (0..row.columns().len()).map(|i| cell(row, i)).collect();
+        let select = Sql::<DB>::new(format!("SELECT * FROM {table} ORDER BY 1, 2, 3"));
+        for row in &select.fetch_all(conn).await.unwrap() {
+            let cells: Vec<String> = (row.columns().iter())
+                .map(|column| cell::<DB>(row, column.name()))
+                .collect();
             rows.push(format!("{table}: {}", cells.join(" | ")));
         }
     }
     rows
 }
 
-fn cell(row: &SqliteRow, index: usize) -> String {
-    let text = row.try_get::<Option<String>, _>(index).or_else(|_| {
-        let number = row.try_get::<Option<i64>, _>(index)?;
-        Ok::<_, sqlx::Error>(number.map(|number| number.to_string()))
-    });
-    text.unwrap().unwrap_or_else(|| "NULL".to_owned())
+/// A cell as text, whether it holds text, an integer or money.
+fn cell<DB: Backend>(row: &DB::Row, column: &str) -> String {
+    let text: Result<Option<String>, _> = row.value(column);
+    let number: Result<Option<i64>, _> = row.value(column);
+    let cell = match (text, number) {
+        (Ok(text), _) => text,
+        (_, Ok(number)) => number.map(|number| number.to_string()),
+        _ => {
+            let money: Money = row.value(column).unwrap();
+            Some(money.value().to_string())
+        }
+    };
+    cell.unwrap_or_else(|| "NULL".to_owned())
 }
 
+/// The account's statement lines, read as the read store reads money.
 async fn statement(store: &ReadStore, account_id: AccountId) -> Vec<(String, String, String)> {
-    sqlx::query_as(
+    with_pool!(store, pool => statement_lines(pool, account_id).await)
+}
+
+async fn statement_lines<DB: Backend>(
+    pool: &Pool<DB>,
+    account_id: AccountId,
+) -> Vec<(String, String, String)> {
+    let select = Sql::<DB>::new(
         "SELECT entry, amount, balance_after FROM statement_lines WHERE account_id = ? \
          ORDER BY sequence",
-    )
-    .bind(account_id.to_string())
-    .fetch_all(store.pool())
-    .await
-    .unwrap()
+    );
+    let rows = (select.bind(account_id.to_string()))
+        .fetch_all(&mut *pool.acquire().await.unwrap())
+        .await
+        .unwrap();
+    let usd = |row: &DB::Row, column| {
+        let money: Money = row.value(column).unwrap();
+        money.in_currency(USD).unwrap().to_string()
+    };
+    (rows.iter())
+        .map(|row| {
+            let entry = row.value("entry").unwrap();
+            (entry, usd(row, "amount"), usd(row, "balance_after"))
+        })
+        .collect()
 }
 
 fn line(entry: &str, amount: &str, balance_after: &str) -> (String, String, String) {
@@ -299,17 +328,26 @@ fn line(entry: &str, amount: &str, balance_after: &str) -> (String, String, Stri
     )
 }
 
-#[tokio::test]
-async fn the_read_tables_follow_an_account_through_a_credit_and_an_airtime_send() {
-    let mut world = World::new().await;
-    let store = world.store("read.db").await;
-    let projector = Projector::start(&world.log, &store, ProjectorSettings::default());
+backend_tests!(
+    the_read_tables_follow_an_account_through_a_credit_and_an_airtime_send,
+    failures_updates_and_undecodable_records_show_without_stopping_the_projector,
+    a_projector_stopped_killed_and_restarted_applies_every_record_exactly_once,
+    rebuilding_into_a_fresh_store_from_offset_zero_gives_identical_tables,
+);
+
+async fn the_read_tables_follow_an_account_through_a_credit_and_an_airtime_send(
+    backend: TestBackend,
+) {
+    let mut world = World::new(backend).await;
+    let test = world.store().await;
+    let store = test.store();
+    let projector = Projector::start(&world.log, store, ProjectorSettings::default());
     let account_id = AccountId::new();
 
     let opened = world.submit(account_id, open()).await;
     let top_up = TransactionId::new();
     world.submit(account_id, add_money(top_up, "100")).await;
-    caught_up(&world.log, &store).await;
+    caught_up(&world.log, store).await;
 
     let account = store.account(account_id).await.unwrap().unwrap();
     assert_eq!(account.balance.to_string(), "100.00");
@@ -324,7 +362,7 @@ async fn the_read_tables_follow_an_account_through_a_credit_and_an_airtime_send(
     world
         .submit(account_id, send_airtime(airtime, "30.5"))
         .await;
-    caught_up(&world.log, &store).await;
+    caught_up(&world.log, store).await;
 
     let account = store.account(account_id).await.unwrap().unwrap();
     assert_eq!(
@@ -339,7 +377,7 @@ async fn the_read_tables_follow_an_account_through_a_credit_and_an_airtime_send(
     world
         .submit(account_id, complete(airtime, "provider-7"))
         .await;
-    caught_up(&world.log, &store).await;
+    caught_up(&world.log, store).await;
 
     let account = store.account(account_id).await.unwrap().unwrap();
     assert_eq!(account.balance.to_string(), "69.50");
@@ -349,7 +387,7 @@ async fn the_read_tables_follow_an_account_through_a_credit_and_an_airtime_send(
     assert_eq!(sent.status, TransactionStatus::Successful);
     assert_eq!(sent.provider_reference.as_deref(), Some("provider-7"));
     assert_eq!(
-        statement(&store, account_id).await,
+        statement(store, account_id).await,
         vec![
             line("CREDIT", "100.00", "100.00"),
             line("DEBIT", "30.50", "69.50")
@@ -374,11 +412,13 @@ async fn the_read_tables_follow_an_account_through_a_credit_and_an_airtime_send(
     projector.stop().await;
 }
 
-#[tokio::test]
-async fn failures_updates_and_undecodable_records_show_without_stopping_the_projector() {
-    let mut world = World::new().await;
-    let store = world.store("read.db").await;
-    let projector = Projector::start(&world.log, &store, ProjectorSettings::default());
+async fn failures_updates_and_undecodable_records_show_without_stopping_the_projector(
+    backend: TestBackend,
+) {
+    let mut world = World::new(backend).await;
+    let test = world.store().await;
+    let store = test.store();
+    let projector = Projector::start(&world.log, store, ProjectorSettings::default());
     let account_id = AccountId::new();
     world.submit(account_id, open()).await;
     let garbage = NewRecord {
@@ -396,7 +436,7 @@ async fn failures_updates_and_undecodable_records_show_without_stopping_the_proj
         billing_address: None,
     };
     let updated = world.submit(account_id, update).await;
-    caught_up(&world.log, &store).await;
+    caught_up(&world.log, store).await;
 
     let failed = store.transaction(too_much).await.unwrap().unwrap();
     assert_eq!(failed.status, TransactionStatus::Failed);
@@ -417,18 +457,20 @@ async fn failures_updates_and_undecodable_records_show_without_stopping_the_proj
     projector.stop().await;
 }
 
-#[tokio::test]
-async fn a_projector_stopped_killed_and_restarted_applies_every_record_exactly_once() {
-    let mut world = World::new().await;
-    let store = world.store("read.db").await;
+async fn a_projector_stopped_killed_and_restarted_applies_every_record_exactly_once(
+    backend: TestBackend,
+) {
+    let mut world = World::new(backend).await;
+    let test = world.store().await;
+    let store = test.store();
     let accounts: Vec<AccountId> = (0..6).map(|_| AccountId::new()).collect();
     for &account_id in &accounts[..3] {
         world.busy_account(account_id).await;
     }
 
     // A first run stopped cleanly after it caught up.
-    let projector = Projector::start(&world.log, &store, small_batches(3));
-    caught_up(&world.log, &store).await;
+    let projector = Projector::start(&world.log, store, small_batches(3));
+    caught_up(&world.log, store).await;
     projector.stop().await;
     let offsets_before = store.offsets().await.unwrap();
 
@@ -436,10 +478,10 @@ async fn a_projector_stopped_killed_and_restarted_applies_every_record_exactly_o
     for &account_id in &accounts[3..] {
         world.busy_account(account_id).await;
     }
-    let behind = lag(world.log.as_ref(), &store).await.unwrap();
-    let projector = Projector::start(&world.log, &store, small_batches(2));
+    let behind = lag(world.log.as_ref(), store).await.unwrap();
+    let projector = Projector::start(&world.log, store, small_batches(2));
     let progress = async {
-        while lag(world.log.as_ref(), &store).await.unwrap() == behind {
+        while lag(world.log.as_ref(), store).await.unwrap() == behind {
             tokio::task::yield_now().await;
         }
     };
@@ -449,17 +491,17 @@ async fn a_projector_stopped_killed_and_restarted_applies_every_record_exactly_o
     projector.kill().await;
 
     // A last run on the same store finishes the job.
-    let projector = Projector::start(&world.log, &store, small_batches(5));
-    caught_up(&world.log, &store).await;
+    let projector = Projector::start(&world.log, store, small_batches(5));
+    caught_up(&world.log, store).await;
     projector.stop().await;
 
-    assert_eq!(count(&store, "statement_lines").await, world.money_events);
-    assert_eq!(count(&store, "account_events").await, world.events);
+    assert_eq!(count(&test, "statement_lines").await, world.money_events);
+    assert_eq!(count(&test, "account_events").await, world.events);
     assert_eq!(
-        count(&store, "transactions").await,
+        count(&test, "transactions").await,
         world.transaction_commands
     );
-    assert_eq!(count(&store, "accounts").await, accounts.len());
+    assert_eq!(count(&test, "accounts").await, accounts.len());
     for &account_id in &accounts {
         let account = store.account(account_id).await.unwrap().unwrap();
         assert_eq!(account.balance, world.balance(account_id), "{account_id}");
@@ -477,9 +519,10 @@ async fn a_projector_stopped_killed_and_restarted_applies_every_record_exactly_o
     assert_eq!(stored_total, u64::try_from(appended).unwrap());
 }
 
-#[tokio::test]
-async fn rebuilding_into_a_fresh_store_from_offset_zero_gives_identical_tables() {
-    let mut world = World::new().await;
+async fn rebuilding_into_a_fresh_store_from_offset_zero_gives_identical_tables(
+    backend: TestBackend,
+) {
+    let mut world = World::new(backend).await;
     for _ in 0..5 {
         world.busy_account(AccountId::new()).await;
     }
@@ -492,18 +535,20 @@ async fn rebuilding_into_a_fresh_store_from_offset_zero_gives_identical_tables()
     world
         .submit(late, add_money(TransactionId::new(), "1"))
         .await;
-    let original = world.store("original.db").await;
-    let projector = Projector::start(&world.log, &original, ProjectorSettings::default());
-    caught_up(&world.log, &original).await;
+    let original_test = world.store().await;
+    let original = original_test.store();
+    let projector = Projector::start(&world.log, original, ProjectorSettings::default());
+    caught_up(&world.log, original).await;
     projector.stop().await;
 
     // Other batch boundaries, so the commands and events meet in another order.
-    let rebuilt = world.store("rebuilt.db").await;
-    let projector = Projector::start(&world.log, &rebuilt, small_batches(7));
-    caught_up(&world.log, &rebuilt).await;
+    let rebuilt_test = world.store().await;
+    let rebuilt = rebuilt_test.store();
+    let projector = Projector::start(&world.log, rebuilt, small_batches(7));
+    caught_up(&world.log, rebuilt).await;
     projector.stop().await;
 
-    let rows = dump(&original).await;
+    let rows = dump(original).await;
     assert!(rows.len() > world.events, "every table should have rows");
-    assert_eq!(rows, dump(&rebuilt).await);
+    assert_eq!(rows, dump(rebuilt).await);
 }
