@@ -20,6 +20,7 @@
 
 pub mod airtime;
 pub mod effects;
+pub mod notify;
 pub mod retry;
 pub mod settings;
 mod shutdown;

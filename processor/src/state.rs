@@ -27,7 +27,8 @@ pub struct PartitionState {
 }
 
 impl PartitionState {
-    /// The offset of the next event to apply: every event before it has been applied.
+    /// The offset from which events are still to apply: every event before it has been
+    /// applied.
     pub fn next_offset(&self) -> u64 {
         self.next_offset
     }
@@ -47,10 +48,18 @@ impl PartitionState {
     }
 
     /// Applies the event stored at `offset`, which must be the next one.
+    /// Records that the partition holds no event before `offset` beyond those applied: the
+    /// offsets between were spent on transaction markers.
+    pub fn skip_to(&mut self, offset: u64) {
+        self.next_offset = self.next_offset.max(offset);
+    }
+
     pub fn apply(&mut self, offset: u64, envelope: &EventEnvelope) {
-        assert_eq!(
-            offset, self.next_offset,
-            "events must be applied in offset order, without gaps"
+        // Offsets only grow; they may skip, since a log with transactions spends offsets on
+        // its commit markers.
+        assert!(
+            offset >= self.next_offset,
+            "events must be applied in offset order"
         );
         self.next_offset = offset + 1;
 

@@ -325,7 +325,8 @@ async fn catch_up(
     let started = Instant::now();
     let from_offset = state.next_offset();
 
-    // Each pass applies at least one event or fails, so the loop ends at `offset`.
+    // Each pass applies at least one event or finds none left before `offset`, so the loop
+    // ends. Offsets without an event are the log's transaction markers.
     while state.next_offset() < offset {
         let remaining = usize::try_from(offset - state.next_offset()).unwrap_or(usize::MAX);
         let read_max = remaining.min(read_records_max);
@@ -333,18 +334,16 @@ async fn catch_up(
             .read(partition, state.next_offset(), read_max)
             .await
             .map_err(ProcessorError::Log)?;
-        let mut applied = 0_usize;
-        for record in records.iter().take_while(|record| record.offset < offset) {
-            if record.offset != state.next_offset() {
-                break;
-            }
-            state.apply(record.offset, &decode(record)?);
-            applied += 1;
+        let before: Vec<&Record> = records
+            .iter()
+            .take_while(|record| record.offset < offset)
+            .collect();
+        if before.is_empty() {
+            state.skip_to(offset);
+            break;
         }
-        if applied == 0 {
-            let partition = partition.partition;
-            let offset = state.next_offset();
-            return Err(ProcessorError::PartitionGap { partition, offset });
+        for record in before {
+            state.apply(record.offset, &decode(record)?);
         }
     }
 
