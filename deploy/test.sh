@@ -1,19 +1,30 @@
 #!/usr/bin/env bash
 # Runs every check and test Tally has, on a fresh machine: formatting, lints, then the unit,
-# integration and end-to-end tests against the real binary.
+# integration and end-to-end tests against the real binary, real SQLite, a real Kafka broker
+# and a real MariaDB.
 #
-# The embedded default needs nothing installed beyond a Rust toolchain; the script checks for
-# one and installs the rustfmt and clippy components when they are missing.
+# It provisions what the tests need: deploy/infra.sh installs and starts Kafka and MariaDB on
+# 127.0.0.1 (a second run finds them up), and Python's aiosmtpd is installed for the SMTP
+# tests. Only a Rust toolchain, Java 17 with Maven, and Python 3 with pip must be present.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-if ! command -v cargo >/dev/null 2>&1; then
-    echo "cargo is missing: install Rust from https://rustup.rs first" >&2
-    exit 1
-fi
+for tool in cargo java mvn python3; do
+    if ! command -v "$tool" >/dev/null 2>&1; then
+        echo "$tool is missing: see README.md for what a machine needs" >&2
+        exit 1
+    fi
+done
 if command -v rustup >/dev/null 2>&1; then
     rustup component add rustfmt clippy >/dev/null 2>&1 || true
 fi
+
+echo "==> provisioning Kafka and MariaDB on 127.0.0.1"
+./deploy/infra.sh up
+eval "$(./deploy/infra.sh env)"
+
+echo "==> installing the SMTP test server"
+python3 -m pip install --quiet --disable-pip-version-check aiosmtpd==1.4.6
 
 echo "==> cargo fmt --check"
 cargo fmt --all -- --check

@@ -16,6 +16,7 @@ use hyper_util::server::graceful::GracefulShutdown;
 use hyper_util::service::TowerToHyperService;
 use tally_commands::decider::{self, DeciderSettings};
 use tally_commands::log::EventLog;
+use tally_commands::log::kafka::{KafkaLog, KafkaLogSettings};
 use tally_commands::log::sqlite::{SqliteLog, SqliteLogSettings};
 use tally_processor::ProcessorSettings;
 use tally_processor::airtime::{AirtimeProvider, HttpProvider, HttpProviderSettings, Simulator};
@@ -30,9 +31,34 @@ use crate::routes;
 use crate::settings::{AirtimeProviderKind, Settings};
 use crate::state::AppState;
 
-/// A running Tally: its API address and the handle that stops it.
+/// Which roles a process runs. `tally up` runs them all; on a cluster each runs alone and
+/// scales by instances (the API) or by partitions (the workers).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Roles {
+    pub api: bool,
+    pub decider: bool,
+    pub projector: bool,
+    pub processor: bool,
+}
+
+impl Roles {
+    pub const ALL: Roles = Roles {
+        api: true,
+        decider: true,
+        projector: true,
+        processor: true,
+    };
+    pub const NONE: Roles = Roles {
+        api: false,
+        decider: false,
+        projector: false,
+        processor: false,
+    };
+}
+
+/// A running Tally: its API address, when it serves the API, and the handle that stops it.
 pub struct RunningApp {
-    pub address: SocketAddr,
+    pub address: Option<SocketAddr>,
     shutdown: watch::Sender<bool>,
     tasks: JoinSet<anyhow::Result<()>>,
 }
@@ -66,11 +92,13 @@ impl RunningApp {
     }
 }
 
-/// Opens the stores, starts every role, and returns once the API listens.
-pub async fn start(settings: Settings) -> anyhow::Result<RunningApp> {
+/// Opens the stores, starts the given roles, and returns once the API, if it is one of them,
+/// listens.
+pub async fn start(settings: Settings, roles: Roles) -> anyhow::Result<RunningApp> {
     // Checked before anything is created on disk, so a typo leaves no half-made data directory.
     let auth_settings = AuthSettings::new(settings.bcrypt_cost, settings.token_lifetime_s)
         .context("invalid auth settings")?;
+    let read_store = settings.read_store().context("invalid --database-url")?;
     std::fs::create_dir_all(&settings.data_dir).with_context(|| {
         format!(
             "cannot create data directory {}",
@@ -78,28 +106,26 @@ pub async fn start(settings: Settings) -> anyhow::Result<RunningApp> {
         )
     })?;
     let log = open_log(&settings).await?;
-    let store = ReadStore::open_sqlite(&settings.data_dir.join("read.db"))
-        .await
-        .context("cannot open the read store")?;
+    let store = (read_store.open().await).context("cannot open the read store")?;
     let auth = auth_state(&settings, auth_settings, &store)?;
     bootstrap_admin(&settings, &auth).await?;
 
     let (shutdown, stopping) = watch::channel(false);
     let mut tasks = JoinSet::new();
-    spawn_workers(&mut tasks, &settings, &log, &store, &stopping)?;
-
-    let listener = TcpListener::bind(settings.listen)
-        .await
-        .with_context(|| format!("cannot listen on {}", settings.listen))?;
-    let address = listener.local_addr().context("listener has no address")?;
-    let state = AppState {
-        auth,
-        log,
-        store,
-        currencies: Default::default(),
+    spawn_workers(&mut tasks, roles, &settings, &log, &store, &stopping)?;
+    let address = match roles.api {
+        true => Some(
+            spawn_api(
+                &mut tasks,
+                &settings,
+                AppState::new(auth, log, store),
+                stopping,
+            )
+            .await?,
+        ),
+        false => None,
     };
-    tasks.spawn(serve(listener, routes::router(state), stopping));
-    info!(%address, data_dir = %settings.data_dir.display(), "tally is up");
+    info!(?address, ?roles, data_dir = %settings.data_dir.display(), "tally is up");
     Ok(RunningApp {
         address,
         shutdown,
@@ -107,7 +133,36 @@ pub async fn start(settings: Settings) -> anyhow::Result<RunningApp> {
     })
 }
 
+async fn spawn_api(
+    tasks: &mut JoinSet<anyhow::Result<()>>,
+    settings: &Settings,
+    state: AppState,
+    stopping: watch::Receiver<bool>,
+) -> anyhow::Result<SocketAddr> {
+    let listener = TcpListener::bind(settings.listen)
+        .await
+        .with_context(|| format!("cannot listen on {}", settings.listen))?;
+    let address = listener.local_addr().context("listener has no address")?;
+    tasks.spawn(serve(listener, routes::router(state), stopping));
+    Ok(address)
+}
+
 async fn open_log(settings: &Settings) -> anyhow::Result<Arc<dyn EventLog>> {
+    let kafka = &settings.kafka;
+    if let Some(brokers) = &kafka.brokers {
+        let mut log_settings = KafkaLogSettings::new(brokers, settings.partitions);
+        log_settings.topic_prefix = kafka.topic_prefix.clone();
+        log_settings.transactional_id_prefix = format!("{}tally-", kafka.topic_prefix);
+        log_settings.replication_factor = kafka.replication_factor;
+        log_settings.properties = kafka.properties.clone();
+        log_settings.timeouts.session_timeout_ms = kafka.session_timeout_ms;
+        // Three heartbeats per session, as Kafka advises.
+        log_settings.timeouts.heartbeat_interval_ms = kafka.session_timeout_ms / 3;
+        let log = KafkaLog::open(log_settings)
+            .await
+            .context("cannot open the Kafka log")?;
+        return Ok(log);
+    }
     let mut log_settings = SqliteLogSettings::new(&settings.data_dir, settings.partitions);
     log_settings.synchronous_full = settings.log_sync_full;
     let log = SqliteLog::open(log_settings)
@@ -127,7 +182,7 @@ fn auth_state(
     }
     .context("cannot load the token secret")?;
     Ok(AuthState {
-        pool: store.pool().clone(),
+        store: store.clone(),
         jwt: Arc::new(jwt),
         settings: auth_settings,
     })
@@ -141,7 +196,7 @@ async fn bootstrap_admin(settings: &Settings, auth: &AuthState) -> anyhow::Resul
         return Ok(());
     };
     let roles = [Role::Admin];
-    match auth::create_user(&auth.pool, &auth.settings, username, password, &roles).await {
+    match auth::create_user(&auth.store, &auth.settings, username, password, &roles).await {
         Ok(uid) => info!(%uid, "administrator created"),
         Err(error) if error.code() == "username_taken" => {}
         Err(error) => return Err(anyhow::anyhow!("cannot create the administrator: {error}")),
@@ -151,30 +206,28 @@ async fn bootstrap_admin(settings: &Settings, auth: &AuthState) -> anyhow::Resul
 
 fn spawn_workers(
     tasks: &mut JoinSet<anyhow::Result<()>>,
+    roles: Roles,
     settings: &Settings,
     log: &Arc<dyn EventLog>,
     store: &ReadStore,
     stopping: &watch::Receiver<bool>,
 ) -> anyhow::Result<()> {
-    let decider = decider::run(log.clone(), DeciderSettings::default(), stopping.clone());
-    tasks.spawn(async move { decider.await.context("decider failed") });
-
-    let projector = tally_projections::run(
-        log.clone(),
-        store.clone(),
-        ProjectorSettings::default(),
-        stopping.clone(),
-    );
-    tasks.spawn(async move { projector.await.context("projector failed") });
-
-    let provider = airtime_provider(settings)?;
-    let processor = tally_processor::run(
-        log.clone(),
-        provider,
-        ProcessorSettings::default(),
-        stopping.clone(),
-    );
-    tasks.spawn(async move { processor.await.context("processor failed") });
+    if roles.decider {
+        let decider = decider::run(log.clone(), DeciderSettings::default(), stopping.clone());
+        tasks.spawn(async move { decider.await.context("decider failed") });
+    }
+    if roles.projector {
+        let settings = ProjectorSettings::default();
+        let projector =
+            tally_projections::run(log.clone(), store.clone(), settings, stopping.clone());
+        tasks.spawn(async move { projector.await.context("projector failed") });
+    }
+    if roles.processor {
+        let provider = airtime_provider(settings)?;
+        let settings = ProcessorSettings::default();
+        let processor = tally_processor::run(log.clone(), provider, settings, stopping.clone());
+        tasks.spawn(async move { processor.await.context("processor failed") });
+    }
     Ok(())
 }
 

@@ -82,7 +82,12 @@ pub async fn run(settings: BenchSettings) -> anyhow::Result<()> {
     };
     let url = match (&settings.url, &embedded) {
         (Some(url), _) => url.trim_end_matches('/').to_owned(),
-        (None, Some(running)) => format!("http://{}", running.address),
+        (None, Some(running)) => {
+            let address = running
+                .address
+                .context("the embedded Tally serves no API")?;
+            format!("http://{address}")
+        }
         (None, None) => bail!("no Tally to measure"),
     };
     let client = Client::builder()
@@ -108,7 +113,7 @@ async fn start_embedded(data_dir: &std::path::Path) -> anyhow::Result<app::Runni
         "10",
     ];
     let settings = EmbeddedArgs::try_parse_from(args)?.settings;
-    app::start(settings).await
+    app::start(settings, app::Roles::ALL).await
 }
 
 async fn open_accounts(client: &Client, url: &str, count: usize) -> anyhow::Result<Vec<Caller>> {

@@ -6,10 +6,9 @@ use std::io::Read;
 use anyhow::Context;
 use clap::{Parser, Subcommand};
 use secrecy::SecretString;
-use tally_api::app;
+use tally_api::app::{self, Roles};
 use tally_api::auth::{self, AuthSettings, Role};
-use tally_api::settings::Settings;
-use tally_projections::ReadStore;
+use tally_api::settings::{DATABASE_URL_HELP, ReadStoreLocation, Settings};
 use tracing_subscriber::EnvFilter;
 
 #[derive(Parser)]
@@ -27,6 +26,15 @@ struct Cli {
 enum Command {
     /// Runs the API and every worker in one process on the embedded log and read store.
     Up(Settings),
+    /// Runs only the HTTP API; scale it by adding instances.
+    Api(Settings),
+    /// Runs only the decider, the sole writer of the events topic; scales by partitions.
+    Decide(Settings),
+    /// Runs only the projector, which builds the read tables; scales by partitions.
+    Project(Settings),
+    /// Runs only the processor, which calls the airtime provider and emits notifications;
+    /// scales by partitions.
+    Process(Settings),
     /// Measures a Tally (an embedded one unless --url is given) under load.
     Bench(tally_api::bench::BenchSettings),
     /// Manages users.
@@ -46,6 +54,15 @@ enum UserCommand {
         roles: Vec<String>,
         #[arg(long, env = "TALLY_DATA_DIR", default_value = "./tally-data")]
         data_dir: std::path::PathBuf,
+        /// The read store's database URL, as `tally up` takes it (default: read.db in the
+        /// data directory).
+        #[arg(
+            long,
+            env = "TALLY_DATABASE_URL",
+            hide_env_values = true,
+            long_help = DATABASE_URL_HELP
+        )]
+        database_url: Option<SecretString>,
         #[arg(long, env = "TALLY_BCRYPT_COST", default_value_t = 12)]
         bcrypt_cost: u32,
     },
@@ -55,14 +72,59 @@ enum UserCommand {
 async fn main() -> anyhow::Result<()> {
     init_tracing();
     match Cli::parse().command {
-        Command::Up(settings) => up(settings).await,
+        Command::Up(settings) => run(settings, Roles::ALL).await,
+        Command::Api(settings) => {
+            run(
+                settings,
+                Roles {
+                    api: true,
+                    ..Roles::NONE
+                },
+            )
+            .await
+        }
+        Command::Decide(settings) => {
+            run(
+                settings,
+                Roles {
+                    decider: true,
+                    ..Roles::NONE
+                },
+            )
+            .await
+        }
+        Command::Project(settings) => {
+            run(
+                settings,
+                Roles {
+                    projector: true,
+                    ..Roles::NONE
+                },
+            )
+            .await
+        }
+        Command::Process(settings) => {
+            run(
+                settings,
+                Roles {
+                    processor: true,
+                    ..Roles::NONE
+                },
+            )
+            .await
+        }
         Command::Bench(settings) => tally_api::bench::run(settings).await,
         Command::User(UserCommand::Create {
             username,
             roles,
             data_dir,
+            database_url,
             bcrypt_cost,
-        }) => create_user(&username, &roles, &data_dir, bcrypt_cost).await,
+        }) => {
+            let read_store = ReadStoreLocation::new(database_url.as_ref(), &data_dir)
+                .context("invalid --database-url")?;
+            create_user(&username, &roles, &read_store, bcrypt_cost).await
+        }
     }
 }
 
@@ -75,8 +137,8 @@ fn init_tracing() {
 }
 
 /// Runs until SIGTERM or Ctrl-C, then drains and commits before exiting.
-async fn up(settings: Settings) -> anyhow::Result<()> {
-    let running = app::start(settings).await?;
+async fn run(settings: Settings, roles: Roles) -> anyhow::Result<()> {
+    let running = app::start(settings, roles).await?;
     let shutdown = running.shutdown_handle();
     tokio::spawn(async move {
         wait_for_signal().await;
@@ -110,7 +172,7 @@ async fn wait_for_signal() {
 async fn create_user(
     username: &str,
     role_names: &[String],
-    data_dir: &std::path::Path,
+    read_store: &ReadStoreLocation,
     bcrypt_cost: u32,
 ) -> anyhow::Result<()> {
     let roles = role_names
@@ -121,10 +183,13 @@ async fn create_user(
         })
         .collect::<anyhow::Result<Vec<Role>>>()?;
     let password = read_password()?;
-    std::fs::create_dir_all(data_dir).context("cannot create the data directory")?;
-    let store = ReadStore::open_sqlite(&data_dir.join("read.db")).await?;
+    if let ReadStoreLocation::DataDir(path) = read_store {
+        let data_dir = path.parent().unwrap_or(std::path::Path::new("."));
+        std::fs::create_dir_all(data_dir).context("cannot create the data directory")?;
+    }
+    let store = (read_store.open().await).context("cannot open the read store")?;
     let settings = AuthSettings::new(bcrypt_cost, 3600).context("invalid auth settings")?;
-    let uid = auth::create_user(store.pool(), &settings, username, &password, &roles)
+    let uid = auth::create_user(&store, &settings, username, &password, &roles)
         .await
         .map_err(|error| anyhow::anyhow!("cannot create the user: {error}"))?;
     println!("{uid}");

@@ -237,25 +237,15 @@ pub async fn command_outcome(
     opening: bool,
 ) -> Result<Option<CommandOutcome>, ApiError> {
     if opening {
-        let opened_by: Option<String> = sqlx::query_scalar(
-            "SELECT causation_id FROM account_events \
-             WHERE account_id = ? AND event_type = 'AccountOpened'",
-        )
-        .bind(account_id.to_string())
-        .fetch_optional(store.pool())
-        .await?;
-        return Ok(opened_by.map(
-            |causation_id| match causation_id == command_id.to_string() {
-                true => CommandOutcome::Applied,
-                false => CommandOutcome::Superseded,
-            },
-        ));
+        let opened_by = store.opened_by(account_id).await.map_err(read_failed)?;
+        let outcome = |opener| match opener == command_id {
+            true => CommandOutcome::Applied,
+            false => CommandOutcome::Superseded,
+        };
+        return Ok(opened_by.map(outcome));
     }
-    let applied = sqlx::query("SELECT 1 FROM account_events WHERE causation_id = ? LIMIT 1")
-        .bind(command_id.to_string())
-        .fetch_optional(store.pool())
-        .await?;
-    Ok(applied.map(|_| CommandOutcome::Applied))
+    let applied = (store.has_events_caused_by(command_id).await).map_err(read_failed)?;
+    Ok(applied.then_some(CommandOutcome::Applied))
 }
 
 /// One page of an account's events after `after_sequence`, and the last sequence returned.

@@ -2,21 +2,41 @@
 //! Validated once at start-up; nothing reads the environment after that.
 
 use std::net::SocketAddr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use clap::{Args, ValueEnum};
-use secrecy::SecretString;
+use secrecy::{ExposeSecret as _, SecretString};
+use tally_projections::{ProjectionError, ReadStore};
 
 /// Partitions of every topic on a new log. Eight lets up to eight deciders, projectors and
 /// processors share the load; it is fixed for the life of a log.
 pub const PARTITIONS_DEFAULT: u32 = 8;
 
+/// What `--database-url` accepts. The URL may hold a password, so it is kept secret and
+/// never logged.
+pub const DATABASE_URL_HELP: &str = "The read store's database, which also holds users, API \
+keys and idempotency keys. `mysql://USER:PASSWORD@HOST:3306/DATABASE` for MySQL or MariaDB; TLS \
+takes sqlx's URL parameters: `ssl-mode` (disabled, preferred (the default), required, \
+verify_ca, verify_identity), `ssl-ca`, `ssl-cert`, `ssl-key`, for example \
+`?ssl-mode=verify_identity&ssl-ca=/etc/tally/ca.pem`. `sqlite://PATH` or a plain file path for \
+SQLite. Default: the SQLite file `read.db` in the data directory.";
+
 /// The settings of `tally up`.
 #[derive(Args, Clone, Debug)]
 pub struct Settings {
-    /// Where the embedded log, read store and generated secrets live.
+    /// Where the embedded log, the SQLite read store and generated secrets live.
     #[arg(long, env = "TALLY_DATA_DIR", default_value = "./tally-data")]
     pub data_dir: PathBuf,
+
+    /// The read store's database URL: `mysql://...` or `sqlite://...` (default: read.db in
+    /// the data directory).
+    #[arg(
+        long,
+        env = "TALLY_DATABASE_URL",
+        hide_env_values = true,
+        long_help = DATABASE_URL_HELP
+    )]
+    pub database_url: Option<SecretString>,
 
     /// Address the HTTP API listens on. Port 0 picks a free port.
     #[arg(long, env = "TALLY_LISTEN", default_value = "127.0.0.1:8080")]
@@ -43,6 +63,9 @@ pub struct Settings {
     /// loss (not on a process crash).
     #[arg(long, env = "TALLY_LOG_SYNC_FULL", default_value_t = true, action = clap::ArgAction::Set)]
     pub log_sync_full: bool,
+
+    #[command(flatten)]
+    pub kafka: KafkaSettings,
 
     #[command(flatten)]
     pub airtime: AirtimeSettings,
@@ -99,4 +122,100 @@ pub struct BootstrapSettings {
 
     #[arg(long, env = "TALLY_ADMIN_PASSWORD", hide_env_values = true)]
     pub admin_password: Option<SecretString>,
+}
+
+impl Settings {
+    /// The read store's database URL: `--database-url`, or the SQLite file in the data
+    /// directory. Checked before anything is created on disk.
+    pub fn read_store(&self) -> Result<ReadStoreLocation, ProjectionError> {
+        ReadStoreLocation::new(self.database_url.as_ref(), &self.data_dir)
+    }
+}
+
+/// Where the read store lives, from `--database-url` and `--data-dir`.
+#[derive(Clone, Debug)]
+pub enum ReadStoreLocation {
+    /// A database URL, checked.
+    Url(SecretString),
+    /// The default: `read.db` in the data directory.
+    DataDir(PathBuf),
+}
+
+impl ReadStoreLocation {
+    pub fn new(
+        database_url: Option<&SecretString>,
+        data_dir: &Path,
+    ) -> Result<ReadStoreLocation, ProjectionError> {
+        match database_url {
+            Some(url) => {
+                ReadStore::check_url(url.expose_secret())?;
+                Ok(ReadStoreLocation::Url(url.clone()))
+            }
+            None => Ok(ReadStoreLocation::DataDir(data_dir.join("read.db"))),
+        }
+    }
+
+    /// Opens the store there and brings its schema up to date.
+    pub async fn open(&self) -> Result<ReadStore, ProjectionError> {
+        match self {
+            ReadStoreLocation::Url(url) => ReadStore::open(url.expose_secret()).await,
+            ReadStoreLocation::DataDir(path) => ReadStore::open_sqlite(path).await,
+        }
+    }
+}
+
+/// The Kafka cluster that carries the log. Without brokers, the embedded log in the data
+/// directory is used.
+#[derive(Args, Clone, Debug)]
+pub struct KafkaSettings {
+    /// Bootstrap brokers, `host:port[,host:port...]`.
+    #[arg(long = "kafka-brokers", env = "TALLY_KAFKA_BROKERS")]
+    pub brokers: Option<String>,
+
+    /// Prefix of every topic, consumer group and transactional id, so that several Tallys
+    /// can share one cluster.
+    #[arg(
+        long = "kafka-topic-prefix",
+        env = "TALLY_KAFKA_TOPIC_PREFIX",
+        default_value = ""
+    )]
+    pub topic_prefix: String,
+
+    /// Replication factor of topics Tally creates: 3 on a real cluster, 1 on a single broker.
+    #[arg(
+        long = "kafka-replication-factor",
+        env = "TALLY_KAFKA_REPLICATION_FACTOR",
+        default_value_t = 1
+    )]
+    pub replication_factor: u16,
+
+    /// A librdkafka property passed through as `KEY=VALUE`, for SASL and SSL (for example
+    /// `security.protocol=SASL_SSL`); may be repeated. Properties that Tally's guarantees
+    /// rest on (idempotence, acks, isolation, transactions) cannot be overridden.
+    #[arg(
+        long = "kafka-property",
+        env = "TALLY_KAFKA_PROPERTIES",
+        value_delimiter = ';',
+        hide_env_values = true,
+        value_parser = parse_property
+    )]
+    pub properties: Vec<(String, String)>,
+
+    /// How long the group coordinator waits for a silent member before it hands the member's
+    /// partitions to others: the longest a killed worker's partitions stand still.
+    #[arg(
+        long = "kafka-session-timeout-ms",
+        env = "TALLY_KAFKA_SESSION_TIMEOUT_MS",
+        default_value_t = 45_000
+    )]
+    pub session_timeout_ms: u64,
+}
+
+fn parse_property(text: &str) -> Result<(String, String), String> {
+    match text.split_once('=') {
+        Some((key, value)) if !key.trim().is_empty() => {
+            Ok((key.trim().to_owned(), value.to_owned()))
+        }
+        _ => Err(format!("{text:?} is not KEY=VALUE")),
+    }
 }

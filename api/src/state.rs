@@ -28,6 +28,15 @@ impl FromRef<AppState> for AuthState {
 }
 
 impl AppState {
+    pub fn new(auth: AuthState, log: Arc<dyn EventLog>, store: ReadStore) -> AppState {
+        AppState {
+            auth,
+            log,
+            store,
+            currencies: Arc::default(),
+        }
+    }
+
     /// Appends a command to its account's partition and returns its id once it is durable.
     /// A log that cannot take it answers 503: the caller may retry, with the same
     /// idempotency key where it has one.

@@ -1,5 +1,7 @@
-//! The auth endpoints over HTTP: each test builds the auth router on a fresh SQLite database
-//! in a temporary directory and drives it with `oneshot`.
+//! The auth endpoints over HTTP: each test builds the auth router on a fresh read store and
+//! drives it with `oneshot`. Tests that reach the users and api_keys tables run once on SQLite
+//! and once on MySQL (`name::sqlite`, `name::mysql`); the others only check requests and
+//! tokens, and run on SQLite.
 
 use std::sync::Arc;
 
@@ -14,11 +16,10 @@ use http_body_util::BodyExt as _;
 use jsonwebtoken::{Algorithm, EncodingKey, Header};
 use secrecy::SecretString;
 use serde_json::{Value, json};
-use sqlx::SqlitePool;
-use sqlx::sqlite::{SqliteConnectOptions, SqlitePoolOptions};
 use tally_api::auth::{self, AuthSettings, AuthState, JwtKeys, Role};
 use tally_api::extract::REQUEST_BODY_BYTES_MAX;
-use tempfile::TempDir;
+use tally_projections::backend_tests;
+use tally_projections::test_support::{TestBackend, TestStore};
 use tower::ServiceExt as _;
 
 /// The signing secret of every test app, so tests can forge tokens with it.
@@ -31,8 +32,7 @@ const PASSWORD: &str = "correct horse battery staple";
 
 struct TestApp {
     router: Router,
-    pool: SqlitePool,
-    _data_dir: TempDir,
+    test: TestStore,
 }
 
 /// What came back: status, headers and the body parsed as JSON (`Null` when empty).
@@ -42,37 +42,24 @@ struct Reply {
     body: Value,
 }
 
+/// The app on a fresh SQLite store, for tests that do not reach the database's tables.
 async fn spawn_app() -> TestApp {
-    let data_dir = tempfile::tempdir().expect("tempdir");
-    let options = SqliteConnectOptions::new()
-        .filename(data_dir.path().join("tally.db"))
-        .create_if_missing(true)
-        .foreign_keys(true);
-    let pool = SqlitePoolOptions::new()
-        .max_connections(4)
-        .connect_with(options)
-        .await
-        .expect("sqlite opens");
-    sqlx::migrate!("../migrations/sqlite")
-        .run(&pool)
-        .await
-        .expect("migrations run");
+    spawn_app_on(TestBackend::Sqlite).await
+}
 
+async fn spawn_app_on(backend: TestBackend) -> TestApp {
+    let test = TestStore::open(backend).await;
     let jwt = JwtKeys::from_secret(&SecretString::from(JWT_SECRET)).expect("jwt keys");
     let settings = AuthSettings::new(BCRYPT_COST_TEST, 3600).expect("settings");
     let state = AuthState {
-        pool: pool.clone(),
+        store: test.store().clone(),
         jwt: Arc::new(jwt),
         settings,
     };
     let router = auth::router()
         .with_state(state)
         .layer(DefaultBodyLimit::max(REQUEST_BODY_BYTES_MAX));
-    TestApp {
-        router,
-        pool,
-        _data_dir: data_dir,
-    }
+    TestApp { router, test }
 }
 
 impl TestApp {
@@ -208,9 +195,22 @@ async fn assert_token_refused(app: &TestApp, token: &str) {
     assert_eq!(reply.headers[WWW_AUTHENTICATE], "Bearer");
 }
 
-#[tokio::test]
-async fn signup_then_login_then_me_works_with_the_bearer_token() {
-    let app = spawn_app().await;
+backend_tests!(
+    signup_then_login_then_me_works_with_the_bearer_token,
+    an_api_key_authenticates_me_and_verifies,
+    an_api_key_cannot_mint_api_keys,
+    verify_token_answers_who_a_token_speaks_for,
+    a_username_differing_only_in_case_is_taken,
+    a_wrong_password_and_an_unknown_user_get_the_same_401,
+    an_inactive_user_cannot_log_in,
+    a_revoked_api_key_is_refused,
+    revoking_a_key_twice_answers_no_content_both_times,
+    deleting_someone_elses_key_is_not_found_and_leaves_it_working,
+    a_bootstrapped_admin_gets_the_admin_role_in_its_token,
+);
+
+async fn signup_then_login_then_me_works_with_the_bearer_token(backend: TestBackend) {
+    let app = spawn_app_on(backend).await;
     let uid = app.signup("Ada.Lovelace").await;
 
     let reply = app
@@ -230,9 +230,8 @@ async fn signup_then_login_then_me_works_with_the_bearer_token() {
     assert_eq!(me.body, json!({"uid": uid, "roles": ["ROLE_USER"]}));
 }
 
-#[tokio::test]
-async fn an_api_key_authenticates_me_and_verifies() {
-    let app = spawn_app().await;
+async fn an_api_key_authenticates_me_and_verifies(backend: TestBackend) {
+    let app = spawn_app_on(backend).await;
     let uid = app.signup("grace").await;
     let token = app.login("grace").await;
 
@@ -251,9 +250,8 @@ async fn an_api_key_authenticates_me_and_verifies() {
     assert_eq!(verified.body, json!({"uid": uid, "roles": ["ROLE_USER"]}));
 }
 
-#[tokio::test]
-async fn an_api_key_cannot_mint_api_keys() {
-    let app = spawn_app().await;
+async fn an_api_key_cannot_mint_api_keys(backend: TestBackend) {
+    let app = spawn_app_on(backend).await;
     app.signup("hedy").await;
     let token = app.login("hedy").await;
     let created = app.create_api_key(&token).await;
@@ -276,9 +274,8 @@ async fn a_description_with_control_characters_is_refused() {
     assert_problem(&reply, StatusCode::BAD_REQUEST, "invalid_description");
 }
 
-#[tokio::test]
-async fn verify_token_answers_who_a_token_speaks_for() {
-    let app = spawn_app().await;
+async fn verify_token_answers_who_a_token_speaks_for(backend: TestBackend) {
+    let app = spawn_app_on(backend).await;
     let uid = app.signup("linus").await;
     let token = app.login("linus").await;
 
@@ -292,9 +289,8 @@ async fn verify_token_answers_who_a_token_speaks_for() {
     assert_problem(&refused, StatusCode::UNAUTHORIZED, "invalid_token");
 }
 
-#[tokio::test]
-async fn a_username_differing_only_in_case_is_taken() {
-    let app = spawn_app().await;
+async fn a_username_differing_only_in_case_is_taken(backend: TestBackend) {
+    let app = spawn_app_on(backend).await;
     app.signup("Margaret").await;
 
     let reply = app
@@ -329,9 +325,8 @@ async fn an_invalid_username_is_refused_with_invalid_username() {
     assert_problem(&reply, StatusCode::BAD_REQUEST, "invalid_username");
 }
 
-#[tokio::test]
-async fn a_wrong_password_and_an_unknown_user_get_the_same_401() {
-    let app = spawn_app().await;
+async fn a_wrong_password_and_an_unknown_user_get_the_same_401(backend: TestBackend) {
+    let app = spawn_app_on(backend).await;
     app.signup("edsger").await;
 
     let wrong_password = app
@@ -348,14 +343,10 @@ async fn a_wrong_password_and_an_unknown_user_get_the_same_401() {
     assert_eq!(wrong_password.status, unknown_user.status);
 }
 
-#[tokio::test]
-async fn an_inactive_user_cannot_log_in() {
-    let app = spawn_app().await;
+async fn an_inactive_user_cannot_log_in(backend: TestBackend) {
+    let app = spawn_app_on(backend).await;
     app.signup("ken").await;
-    sqlx::query("UPDATE users SET active = 0")
-        .execute(&app.pool)
-        .await
-        .expect("deactivate");
+    app.test.execute("UPDATE users SET active = 0").await;
 
     let reply = app.post("/login", credentials("ken", PASSWORD)).await;
 
@@ -435,9 +426,8 @@ async fn no_credentials_is_unauthorized_with_a_bearer_challenge() {
     assert_eq!(reply.headers[WWW_AUTHENTICATE], "Bearer");
 }
 
-#[tokio::test]
-async fn a_revoked_api_key_is_refused() {
-    let app = spawn_app().await;
+async fn a_revoked_api_key_is_refused(backend: TestBackend) {
+    let app = spawn_app_on(backend).await;
     app.signup("barbara").await;
     let token = app.login("barbara").await;
     let created = app.create_api_key(&token).await;
@@ -456,9 +446,23 @@ async fn a_revoked_api_key_is_refused() {
     assert_problem(&reply, StatusCode::UNAUTHORIZED, "invalid_api_key");
 }
 
-#[tokio::test]
-async fn deleting_someone_elses_key_is_not_found_and_leaves_it_working() {
-    let app = spawn_app().await;
+async fn revoking_a_key_twice_answers_no_content_both_times(backend: TestBackend) {
+    let app = spawn_app_on(backend).await;
+    app.signup("frances").await;
+    let token = app.login("frances").await;
+    let created = app.create_api_key(&token).await;
+    let uri = format!("/apikey/{}", created["keyId"].as_str().expect("id"));
+
+    let (name, value) = bearer(&token);
+    let first = app.delete_as(&uri, (name, &value)).await;
+    let second = app.delete_as(&uri, (name, &value)).await;
+
+    assert_eq!(first.status, StatusCode::NO_CONTENT);
+    assert_eq!(second.status, StatusCode::NO_CONTENT, "{}", second.body);
+}
+
+async fn deleting_someone_elses_key_is_not_found_and_leaves_it_working(backend: TestBackend) {
+    let app = spawn_app_on(backend).await;
     app.signup("owner").await;
     app.signup("intruder").await;
     let owner_token = app.login("owner").await;
@@ -479,13 +483,12 @@ async fn deleting_someone_elses_key_is_not_found_and_leaves_it_working() {
     assert_eq!(me.status, StatusCode::OK);
 }
 
-#[tokio::test]
-async fn a_bootstrapped_admin_gets_the_admin_role_in_its_token() {
-    let app = spawn_app().await;
+async fn a_bootstrapped_admin_gets_the_admin_role_in_its_token(backend: TestBackend) {
+    let app = spawn_app_on(backend).await;
     let settings = AuthSettings::new(BCRYPT_COST_TEST, 3600).expect("settings");
     let password = SecretString::from(PASSWORD);
     let roles = [Role::Admin];
-    auth::create_user(&app.pool, &settings, "root", &password, &roles)
+    auth::create_user(app.test.store(), &settings, "root", &password, &roles)
         .await
         .expect("created");
 

@@ -1,8 +1,10 @@
 //! A harness that runs the real `tally` binary and drives it over HTTP, as a user would.
 //!
 //! Each [`TestApp`] gets its own data directory and a free port on 127.0.0.1, so tests run in
-//! parallel without sharing anything. The binary is the one cargo built next to the tests
-//! (or the one `TALLY_BIN` names).
+//! parallel without sharing anything. It runs on either backend: the embedded default, or a
+//! real Kafka broker and MariaDB (`TALLY_KAFKA_BROKERS` and `TALLY_TEST_MYSQL_URL`, as
+//! `deploy/infra.sh env` prints them), with its own topic prefix and a fresh database. The
+//! binary is the one cargo built next to the tests (or the one `TALLY_BIN` names).
 
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
@@ -11,6 +13,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result, bail};
 use reqwest::{Client, Method, RequestBuilder, Response};
 use serde_json::{Value, json};
+use sqlx::Connection;
 use tempfile::TempDir;
 
 /// How long a fresh process may take to answer `/health`.
@@ -22,8 +25,93 @@ pub struct TestApp {
     pub base_url: String,
     pub client: Client,
     pub data_dir: TempDir,
+    pub backend: Backend,
     port: u16,
+    backend_args: Vec<String>,
+    /// Held so that the database lives as long as the app and is dropped after it.
+    _database: Option<MysqlDatabase>,
     process: Option<Child>,
+}
+
+/// Where a test app keeps its log and read store.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Backend {
+    /// SQLite files in the data directory.
+    Embedded,
+    /// A Kafka broker and a MariaDB server on 127.0.0.1.
+    KafkaMysql,
+}
+
+/// Runs an async test body once per backend, as two tests named after it.
+#[macro_export]
+macro_rules! on_both_backends {
+    ($($name:ident),+ $(,)?) => {
+        $(
+            mod $name {
+                #[tokio::test]
+                async fn embedded() -> anyhow::Result<()> {
+                    super::$name($crate::Backend::Embedded).await
+                }
+
+                #[tokio::test]
+                async fn kafka_mysql() -> anyhow::Result<()> {
+                    super::$name($crate::Backend::KafkaMysql).await
+                }
+            }
+        )+
+    };
+}
+
+/// How long a killed Kafka member stays in its group before its partitions move: short, so
+/// restart tests do not wait out the production default.
+const KAFKA_SESSION_TIMEOUT_MS: &str = "6000";
+
+/// A database of its own for one test app on the MariaDB server, dropped with it.
+struct MysqlDatabase {
+    server_url: String,
+    name: String,
+}
+
+impl MysqlDatabase {
+    async fn create() -> Result<MysqlDatabase> {
+        let server_url = std::env::var("TALLY_TEST_MYSQL_URL").context(
+            "TALLY_TEST_MYSQL_URL is unset: start MariaDB with deploy/infra.sh up and \
+             eval \"$(deploy/infra.sh env)\"",
+        )?;
+        let name = format!("tally_e2e_{}", uuid::Uuid::new_v4().simple());
+        let mut connection = sqlx::MySqlConnection::connect(&server_url).await?;
+        let create = sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}"));
+        sqlx::query(create).execute(&mut connection).await?;
+        Ok(MysqlDatabase { server_url, name })
+    }
+
+    fn url(&self) -> String {
+        let base = self
+            .server_url
+            .rsplit_once('/')
+            .map_or(self.server_url.as_str(), |(base, _)| base);
+        format!("{base}/{}", self.name)
+    }
+}
+
+impl Drop for MysqlDatabase {
+    fn drop(&mut self) {
+        let (url, name) = (self.server_url.clone(), self.name.clone());
+        // Drop runs outside any runtime the test may still have; a thread of its own keeps it
+        // independent of that.
+        let dropped = std::thread::spawn(move || {
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()?;
+            runtime.block_on(async {
+                let mut connection = sqlx::MySqlConnection::connect(&url).await?;
+                let drop = sqlx::AssertSqlSafe(format!("DROP DATABASE IF EXISTS {name}"));
+                sqlx::query(drop).execute(&mut connection).await?;
+                anyhow::Ok(())
+            })
+        });
+        let _ = dropped.join();
+    }
 }
 
 /// A signed-up user with a token.
@@ -52,23 +140,56 @@ fn tally_bin() -> Result<PathBuf> {
     Ok(bin)
 }
 
+/// Flags that put a test app on the Kafka broker and a fresh MariaDB database.
+async fn kafka_mysql_args() -> Result<(Vec<String>, Option<MysqlDatabase>)> {
+    let brokers = std::env::var("TALLY_KAFKA_BROKERS").context(
+        "TALLY_KAFKA_BROKERS is unset: start Kafka with deploy/infra.sh up and \
+         eval \"$(deploy/infra.sh env)\"",
+    )?;
+    let database = MysqlDatabase::create().await?;
+    let prefix = format!("e2e-{}-", &uuid::Uuid::new_v4().simple().to_string()[..12]);
+    let args = vec![
+        "--kafka-brokers".to_owned(),
+        brokers,
+        "--kafka-topic-prefix".to_owned(),
+        prefix,
+        "--kafka-session-timeout-ms".to_owned(),
+        KAFKA_SESSION_TIMEOUT_MS.to_owned(),
+        "--database-url".to_owned(),
+        database.url(),
+    ];
+    Ok((args, Some(database)))
+}
+
 fn free_port() -> Result<u16> {
     let listener = std::net::TcpListener::bind("127.0.0.1:0")?;
     Ok(listener.local_addr()?.port())
 }
 
 impl TestApp {
-    /// Starts Tally on a fresh data directory and waits until it answers.
+    /// Starts Tally on the embedded default with a fresh data directory.
     pub async fn spawn() -> Result<TestApp> {
+        TestApp::spawn_on(Backend::Embedded).await
+    }
+
+    /// Starts Tally on `backend`, fresh, and waits until it answers.
+    pub async fn spawn_on(backend: Backend) -> Result<TestApp> {
         let data_dir = tempfile::tempdir()?;
         let port = free_port()?;
         let client = Client::builder().timeout(Duration::from_secs(30)).build()?;
         let base_url = format!("http://127.0.0.1:{port}");
+        let (backend_args, database) = match backend {
+            Backend::Embedded => (Vec::new(), None),
+            Backend::KafkaMysql => kafka_mysql_args().await?,
+        };
         let mut app = TestApp {
             base_url,
             client,
             data_dir,
+            backend,
             port,
+            backend_args,
+            _database: database,
             process: None,
         };
         app.start().await?;
@@ -87,6 +208,9 @@ impl TestApp {
             ])
             .arg("--data-dir")
             .arg(self.data_dir.path())
+            .args(&self.backend_args)
+            .env_remove("TALLY_KAFKA_BROKERS")
+            .env_remove("TALLY_DATABASE_URL")
             .env("TALLY_LOG", "warn")
             .env("TALLY_ADMIN_USERNAME", "admin")
             .env("TALLY_ADMIN_PASSWORD", ADMIN_PASSWORD)

@@ -5,7 +5,7 @@ use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use jsonwebtoken::{EncodingKey, Header};
 use reqwest::Method;
 use serde_json::{Value, json};
-use tally_tests::{TestApp, User, add_money, expect_status, username};
+use tally_tests::{Backend, TestApp, User, add_money, expect_status, on_both_backends, username};
 
 async fn user_with_account(app: &TestApp) -> anyhow::Result<User> {
     let user = app.signup_and_login(&username("bad")).await?;
@@ -23,9 +23,8 @@ async fn post_transaction(app: &TestApp, user: &User, body: Value) -> anyhow::Re
     Ok((status, response.json().await.unwrap_or(Value::Null)))
 }
 
-#[tokio::test]
-async fn bad_amounts_are_refused_with_their_codes() -> anyhow::Result<()> {
-    let app = TestApp::spawn().await?;
+async fn bad_amounts_are_refused_with_their_codes(backend: Backend) -> anyhow::Result<()> {
+    let app = TestApp::spawn_on(backend).await?;
     let user = user_with_account(&app).await?;
     let cases: [(Value, &str); 8] = [
         (json!("-1"), "amount_not_positive"),
@@ -63,9 +62,10 @@ async fn bad_amounts_are_refused_with_their_codes() -> anyhow::Result<()> {
     Ok(())
 }
 
-#[tokio::test]
-async fn malformed_bodies_unknown_values_and_bad_paths_are_4xx() -> anyhow::Result<()> {
-    let app = TestApp::spawn().await?;
+async fn malformed_bodies_unknown_values_and_bad_paths_are_4xx(
+    backend: Backend,
+) -> anyhow::Result<()> {
+    let app = TestApp::spawn_on(backend).await?;
     let user = user_with_account(&app).await?;
     let send = |body: String| {
         app.request(Method::POST, "/transaction", Some(&user.token))
@@ -139,9 +139,8 @@ fn token_with(secret: &[u8], claims: &Value) -> anyhow::Result<String> {
     Ok(jsonwebtoken::encode(&Header::default(), claims, &key)?)
 }
 
-#[tokio::test]
-async fn expired_forged_and_unsigned_tokens_are_refused() -> anyhow::Result<()> {
-    let app = TestApp::spawn().await?;
+async fn expired_forged_and_unsigned_tokens_are_refused(backend: Backend) -> anyhow::Result<()> {
+    let app = TestApp::spawn_on(backend).await?;
     let user = user_with_account(&app).await?;
     let secret = std::fs::read(app.data_dir.path().join("jwt-secret"))?;
     let now = chrono::Utc::now().timestamp();
@@ -195,10 +194,9 @@ async fn read_until_closed(stream: &mut tokio::net::TcpStream) -> anyhow::Result
     Ok(String::from_utf8_lossy(&answer).into_owned())
 }
 
-#[tokio::test]
-async fn clients_that_stall_mid_request_are_cut_off() -> anyhow::Result<()> {
+async fn clients_that_stall_mid_request_are_cut_off(backend: Backend) -> anyhow::Result<()> {
     use tokio::io::AsyncWriteExt;
-    let app = TestApp::spawn().await?;
+    let app = TestApp::spawn_on(backend).await?;
     let address = app.base_url.trim_start_matches("http://").to_owned();
 
     let mut headers_never_end = tokio::net::TcpStream::connect(&address).await?;
@@ -218,3 +216,10 @@ async fn clients_that_stall_mid_request_are_cut_off() -> anyhow::Result<()> {
     );
     Ok(())
 }
+
+on_both_backends!(
+    bad_amounts_are_refused_with_their_codes,
+    malformed_bodies_unknown_values_and_bad_paths_are_4xx,
+    expired_forged_and_unsigned_tokens_are_refused,
+    clients_that_stall_mid_request_are_cut_off,
+);

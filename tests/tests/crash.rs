@@ -7,7 +7,7 @@ use std::sync::Arc;
 use futures::StreamExt;
 use reqwest::Method;
 use serde_json::Value;
-use tally_tests::{TestApp, User, add_money, send_airtime, username};
+use tally_tests::{Backend, TestApp, User, add_money, on_both_backends, send_airtime, username};
 use tokio::sync::Semaphore;
 
 const TRANSACTIONS: usize = 1_000;
@@ -46,9 +46,10 @@ async fn submit(
     body["transactionId"].as_str().map(str::to_owned)
 }
 
-#[tokio::test]
-async fn a_killed_process_loses_nothing_accepted_and_applies_nothing_twice() -> anyhow::Result<()> {
-    let mut app = TestApp::spawn().await?;
+async fn a_killed_process_loses_nothing_accepted_and_applies_nothing_twice(
+    backend: Backend,
+) -> anyhow::Result<()> {
+    let mut app = TestApp::spawn_on(backend).await?;
     let user = app.signup_and_login(&username("crash")).await?;
     app.open_account(&user, "USD").await?;
     let funded = app.submit(&user, &add_money("1000.00")).await?;
@@ -134,9 +135,10 @@ async fn a_killed_process_loses_nothing_accepted_and_applies_nothing_twice() -> 
     Ok(())
 }
 
-#[tokio::test]
-async fn sigterm_drains_and_exits_cleanly_and_a_restart_keeps_everything() -> anyhow::Result<()> {
-    let mut app = TestApp::spawn().await?;
+async fn sigterm_drains_and_exits_cleanly_and_a_restart_keeps_everything(
+    backend: Backend,
+) -> anyhow::Result<()> {
+    let mut app = TestApp::spawn_on(backend).await?;
     let user = app.signup_and_login(&username("term")).await?;
     app.open_account(&user, "USD").await?;
     let mut accepted = Vec::new();
@@ -161,3 +163,8 @@ async fn sigterm_drains_and_exits_cleanly_and_a_restart_keeps_everything() -> an
     assert_eq!(app.balance(&user).await?["accountBalance"], "25.00");
     Ok(())
 }
+
+on_both_backends!(
+    a_killed_process_loses_nothing_accepted_and_applies_nothing_twice,
+    sigterm_drains_and_exits_cleanly_and_a_restart_keeps_everything,
+);

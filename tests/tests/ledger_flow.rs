@@ -2,12 +2,14 @@
 
 use reqwest::Method;
 use serde_json::{Value, json};
-use tally_tests::{TestApp, add_money, expect_status, send_airtime, username};
+use tally_tests::{
+    Backend, TestApp, add_money, expect_status, on_both_backends, send_airtime, username,
+};
 
-#[tokio::test]
-async fn money_added_and_airtime_sent_leave_the_exact_balance_and_an_ordered_history()
--> anyhow::Result<()> {
-    let app = TestApp::spawn().await?;
+async fn money_added_and_airtime_sent_leave_the_exact_balance_and_an_ordered_history(
+    backend: Backend,
+) -> anyhow::Result<()> {
+    let app = TestApp::spawn_on(backend).await?;
     let user = app.signup_and_login(&username("ada")).await?;
     let account = app.open_account(&user, "USD").await?;
     assert_eq!(account["balance"]["accountBalance"], "0.00");
@@ -90,9 +92,8 @@ async fn money_added_and_airtime_sent_leave_the_exact_balance_and_an_ordered_his
     Ok(())
 }
 
-#[tokio::test]
-async fn concurrent_airtime_never_overdraws_the_account() -> anyhow::Result<()> {
-    let app = TestApp::spawn().await?;
+async fn concurrent_airtime_never_overdraws_the_account(backend: Backend) -> anyhow::Result<()> {
+    let app = TestApp::spawn_on(backend).await?;
     let user = app.signup_and_login(&username("race")).await?;
     app.open_account(&user, "USD").await?;
     let added = app.submit(&user, &add_money("100.00")).await?;
@@ -140,10 +141,10 @@ async fn concurrent_airtime_never_overdraws_the_account() -> anyhow::Result<()> 
     Ok(())
 }
 
-#[tokio::test]
-async fn a_repeated_idempotency_key_returns_the_first_transaction_and_applies_once()
--> anyhow::Result<()> {
-    let app = TestApp::spawn().await?;
+async fn a_repeated_idempotency_key_returns_the_first_transaction_and_applies_once(
+    backend: Backend,
+) -> anyhow::Result<()> {
+    let app = TestApp::spawn_on(backend).await?;
     let user = app.signup_and_login(&username("idem")).await?;
     app.open_account(&user, "USD").await?;
 
@@ -169,9 +170,8 @@ async fn a_repeated_idempotency_key_returns_the_first_transaction_and_applies_on
     Ok(())
 }
 
-#[tokio::test]
-async fn another_users_account_and_transactions_answer_404() -> anyhow::Result<()> {
-    let app = TestApp::spawn().await?;
+async fn another_users_account_and_transactions_answer_404(backend: Backend) -> anyhow::Result<()> {
+    let app = TestApp::spawn_on(backend).await?;
     let owner = app.signup_and_login(&username("owner")).await?;
     let other = app.signup_and_login(&username("other")).await?;
     app.open_account(&owner, "USD").await?;
@@ -203,9 +203,8 @@ async fn another_users_account_and_transactions_answer_404() -> anyhow::Result<(
     Ok(())
 }
 
-#[tokio::test]
-async fn an_account_opens_once_and_updates_through_the_log() -> anyhow::Result<()> {
-    let app = TestApp::spawn().await?;
+async fn an_account_opens_once_and_updates_through_the_log(backend: Backend) -> anyhow::Result<()> {
+    let app = TestApp::spawn_on(backend).await?;
     let user = app.signup_and_login(&username("bo")).await?;
     app.open_account(&user, "KWD").await?;
 
@@ -234,9 +233,8 @@ async fn an_account_opens_once_and_updates_through_the_log() -> anyhow::Result<(
     Ok(())
 }
 
-#[tokio::test]
-async fn an_admin_credits_and_debits_through_the_same_log() -> anyhow::Result<()> {
-    let app = TestApp::spawn().await?;
+async fn an_admin_credits_and_debits_through_the_same_log(backend: Backend) -> anyhow::Result<()> {
+    let app = TestApp::spawn_on(backend).await?;
     let admin = app.admin().await?;
     let user = app.signup_and_login(&username("adj")).await?;
     app.open_account(&user, "USD").await?;
@@ -278,3 +276,12 @@ async fn an_admin_credits_and_debits_through_the_same_log() -> anyhow::Result<()
     assert_eq!(app.balance(&user).await?["accountBalance"], "12.50");
     Ok(())
 }
+
+on_both_backends!(
+    a_repeated_idempotency_key_returns_the_first_transaction_and_applies_once,
+    money_added_and_airtime_sent_leave_the_exact_balance_and_an_ordered_history,
+    concurrent_airtime_never_overdraws_the_account,
+    another_users_account_and_transactions_answer_404,
+    an_account_opens_once_and_updates_through_the_log,
+    an_admin_credits_and_debits_through_the_same_log,
+);

@@ -12,8 +12,8 @@ use rand::RngCore as _;
 use rand::distr::{Alphanumeric, SampleString as _};
 use secrecy::SecretString;
 use sha2::{Digest as _, Sha256};
-use sqlx::SqlitePool;
 use subtle::ConstantTimeEq as _;
+use tally_projections::ReadStore;
 
 use super::caller::{Caller, CredentialKind};
 use super::store;
@@ -97,12 +97,12 @@ pub fn check_description(description: &str) -> Result<(), ApiError> {
 }
 
 /// The caller a presented key belongs to, or 401 `invalid_api_key`.
-pub async fn authenticate(pool: &SqlitePool, key: &str) -> Result<Caller, ApiError> {
+pub async fn authenticate(read_store: &ReadStore, key: &str) -> Result<Caller, ApiError> {
     let Some(key_id) = key_id_of(key) else {
         tracing::debug!("api key refused: malformed");
         return Err(ApiError::InvalidApiKey);
     };
-    let Some(stored) = store::find_api_key(pool, key_id).await? else {
+    let Some(stored) = store::find_api_key(read_store, key_id).await? else {
         tracing::debug!(key_id, "api key refused: unknown id");
         return Err(ApiError::InvalidApiKey);
     };

@@ -157,7 +157,7 @@ where
         let auth = AuthState::from_ref(state);
         match Credential::from_headers(&parts.headers)? {
             Credential::BearerToken(token) => auth.jwt.verify(token),
-            Credential::ApiKey(key) => api_key::authenticate(&auth.pool, key).await,
+            Credential::ApiKey(key) => api_key::authenticate(&auth.store, key).await,
         }
     }
 }

@@ -25,7 +25,7 @@ pub mod username;
 use std::sync::Arc;
 
 use secrecy::SecretString;
-use sqlx::SqlitePool;
+use tally_projections::ReadStore;
 use uuid::Uuid;
 
 pub use caller::{Caller, CredentialKind, Role};
@@ -111,7 +111,8 @@ impl Default for AuthSettings {
 /// Mount it in a larger app state and implement `FromRef<AppState> for AuthState`.
 #[derive(Debug, Clone)]
 pub struct AuthState {
-    pub pool: SqlitePool,
+    /// The read store's database, which holds the `users` and `api_keys` tables too.
+    pub store: ReadStore,
     pub jwt: Arc<JwtKeys>,
     pub settings: AuthSettings,
 }
@@ -122,7 +123,7 @@ pub struct AuthState {
 /// accounts. Fails with `invalid_username`, `weak_password`, `password_too_long` (400) or
 /// `username_taken` (409).
 pub async fn create_user(
-    pool: &SqlitePool,
+    read_store: &ReadStore,
     settings: &AuthSettings,
     username: &str,
     password: &SecretString,
@@ -139,7 +140,7 @@ pub async fn create_user(
         password_hash: &password_hash,
         roles,
     };
-    store::insert_user(pool, user).await?;
+    store::insert_user(read_store, user).await?;
     tracing::info!(%uid, "user created");
     Ok(uid)
 }

@@ -68,7 +68,7 @@ async fn signup(
     JsonBody(credentials): JsonBody<Credentials>,
 ) -> Result<(StatusCode, Json<SignupResponse>), ApiError> {
     let Credentials { username, password } = credentials;
-    let uid = create_user(&auth.pool, &auth.settings, &username, &password, &[]).await?;
+    let uid = create_user(&auth.store, &auth.settings, &username, &password, &[]).await?;
     Ok((StatusCode::CREATED, Json(SignupResponse { uid })))
 }
 
@@ -90,7 +90,7 @@ async fn login(
         return Err(ApiError::InvalidCredentials);
     }
     let user = match Username::parse(&username) {
-        Ok(username) => store::find_user(&auth.pool, &username).await?,
+        Ok(username) => store::find_user(&auth.store, &username).await?,
         Err(_) => None,
     };
 
@@ -152,7 +152,8 @@ async fn create_api_key(
 ) -> Result<(StatusCode, Json<CreateApiKeyResponse>), ApiError> {
     caller.require_password_login()?;
     api_key::check_description(&request.description)?;
-    if store::count_live_api_keys(&auth.pool, caller.uid).await? >= api_key::API_KEYS_PER_USER_MAX {
+    let live_keys = store::count_live_api_keys(&auth.store, caller.uid).await?;
+    if live_keys >= api_key::API_KEYS_PER_USER_MAX {
         let detail = format!(
             "a user holds at most {} live api keys",
             api_key::API_KEYS_PER_USER_MAX
@@ -167,7 +168,7 @@ async fn create_api_key(
         description: &request.description,
         key_hash: &generated.key_hash,
     };
-    store::insert_api_key(&auth.pool, new_key).await?;
+    store::insert_api_key(&auth.store, new_key).await?;
     tracing::info!(uid = %caller.uid, key_id = generated.key_id, "api key created");
 
     let response = CreateApiKeyResponse {
@@ -185,7 +186,7 @@ async fn delete_api_key(
     Path(key_id): Path<String>,
 ) -> Result<StatusCode, ApiError> {
     let revoked = api_key::is_key_id(&key_id)
-        && store::revoke_api_key(&auth.pool, &key_id, caller.uid).await?;
+        && store::revoke_api_key(&auth.store, &key_id, caller.uid).await?;
     if !revoked {
         return Err(ApiError::not_found(
             "api_key_not_found",
@@ -220,6 +221,6 @@ async fn verify_api_key(
     State(auth): State<AuthState>,
     JsonBody(request): JsonBody<VerifyApiKeyRequest>,
 ) -> Result<Json<CallerResponse>, ApiError> {
-    let caller = api_key::authenticate(&auth.pool, request.api_key.expose_secret()).await?;
+    let caller = api_key::authenticate(&auth.store, request.api_key.expose_secret()).await?;
     Ok(Json(caller.into()))
 }

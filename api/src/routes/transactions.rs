@@ -85,9 +85,8 @@ pub(crate) async fn submit_request(
     headers: &HeaderMap,
 ) -> Result<Response, ApiError> {
     let key = idempotency_key(headers)?;
-    let pool = state.store.pool();
     let recorded = match key.as_deref() {
-        Some(key) => requests::record(pool, &request, requested_by, key).await?,
+        Some(key) => requests::record(&state.store, &request, requested_by, key).await?,
         None => Recorded::New,
     };
     let (request, status, replayed) = match recorded {
@@ -296,7 +295,7 @@ async fn find(
         if let Some(view) = reads::transaction(&state.store, transaction_id).await? {
             return Ok(Some(view));
         }
-        let keyed = requests::by_transaction(state.store.pool(), transaction_id).await?;
+        let keyed = requests::by_transaction(&state.store, transaction_id).await?;
         if let Some(request) = keyed {
             return Ok(Some(TransactionView::accepted(request)));
         }
