@@ -71,8 +71,8 @@ struct Streams {
     ledgers: HashMap<AccountId, AccountLedger>,
 }
 
-/// Runs a decider until `shutdown` turns true. A failed commit rejoins the group, which
-/// rebuilds the streams from the log, so memory never runs ahead of what the log holds.
+/// Runs a decider until `shutdown` turns true. A failed or fenced commit rejoins the group,
+/// which rebuilds the streams from the log, so memory never runs ahead of what the log holds.
 pub async fn run(
     log: Arc<dyn EventLog>,
     settings: DeciderSettings,
@@ -82,12 +82,11 @@ pub async fn run(
     loop {
         match run_member(&log, &settings, &mut shutdown).await {
             Ok(()) => return Ok(()),
-            Err(DecideError::Log(LogError::Fenced)) => {
-                warn!("decider fenced; another member owns its partitions");
-                return Err(DecideError::Log(LogError::Fenced));
-            }
+            // A fenced member wrote nothing: its partitions went to another member (after a
+            // stall, say). It joins the group again as a new member and rebuilds whatever
+            // partitions it is given from the log, so nothing it held in memory survives.
             Err(DecideError::Log(error)) => {
-                warn!(error = %error, "decider commit failed; rejoining");
+                warn!(error = %error, "decider lost its membership; rejoining");
                 tokio::time::sleep(Duration::from_millis(settings.rejoin_delay_ms)).await;
             }
             Err(error) => return Err(error),

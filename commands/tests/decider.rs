@@ -1,0 +1,93 @@
+//! The decider over the embedded log: it decides commands into events, and it survives being
+//! fenced by rejoining its group.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use tally_commands::decider::{self, DeciderSettings, GROUP};
+use tally_commands::log::sqlite::{SqliteLog, SqliteLogSettings};
+use tally_commands::log::{EventLog, Topic, TopicPartition};
+use tally_commands::message::CommandEnvelope;
+use tally_domain::{AccountId, AccountInfo, Amount, Currency, LedgerCommand, TransactionId};
+use tokio::sync::watch;
+
+/// How long a test waits for the decider; far above what deciding a few commands takes.
+const WAIT: Duration = Duration::from_secs(30);
+
+fn open_account() -> LedgerCommand {
+    let info = AccountInfo::parse("Ada", "ada@example.com", "+14155552671").expect("valid");
+    LedgerCommand::OpenAccount {
+        info,
+        billing_address: None,
+        currency: Currency::USD,
+    }
+}
+
+fn add_money(amount: &str) -> LedgerCommand {
+    let amount = Amount::parse(amount, Currency::USD).expect("valid amount");
+    LedgerCommand::AddMoney {
+        transaction_id: TransactionId::new(),
+        amount,
+        currency: Currency::USD,
+    }
+}
+
+async fn append(log: &Arc<SqliteLog>, account_id: AccountId, command: LedgerCommand) {
+    let envelope = CommandEnvelope::new(account_id, None, command);
+    log.append(vec![envelope.to_record()])
+        .await
+        .expect("append");
+}
+
+/// Waits until the account's events partition holds at least `count` records.
+async fn wait_for_events(log: &Arc<SqliteLog>, account_id: AccountId, count: u64) {
+    let partition = log.partition_for(&account_id.to_string());
+    let events = TopicPartition {
+        topic: Topic::Events,
+        partition,
+    };
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while log.end_offset(events).await.expect("end offset") < count {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the decider did not decide in time"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+#[tokio::test]
+async fn a_fenced_decider_rejoins_and_goes_on_deciding() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let log = SqliteLog::open(SqliteLogSettings::new(dir.path(), 4))
+        .await
+        .expect("open log");
+    let (stop, stopping) = watch::channel(false);
+    let settings = DeciderSettings {
+        rejoin_delay_ms: 10,
+        ..DeciderSettings::default()
+    };
+    let running = tokio::spawn(decider::run(log.clone(), settings, stopping));
+
+    let account_id = AccountId::new();
+    append(&log, account_id, open_account()).await;
+    append(&log, account_id, add_money("10")).await;
+    wait_for_events(&log, account_id, 4).await;
+
+    // Another member joins the group and leaves: the decider is fenced meanwhile.
+    drop(
+        log.consumer(GROUP, &[Topic::Commands])
+            .await
+            .expect("intruder joins"),
+    );
+    append(&log, account_id, add_money("5")).await;
+    wait_for_events(&log, account_id, 7).await;
+
+    stop.send(true).expect("decider still listens");
+    let outcome = tokio::time::timeout(WAIT, running)
+        .await
+        .expect("decider stops");
+    outcome
+        .expect("decider task")
+        .expect("decider ends cleanly");
+}
