@@ -37,14 +37,17 @@ use crate::state::PartitionState;
 /// The consumer group the processor reads the events topic as.
 pub const GROUP: &str = "processor";
 
+/// Pause before a fenced processor joins its group again, so that a member fenced in a loop
+/// does not spin.
+const REJOIN_DELAY: Duration = Duration::from_millis(200);
+
 /// Why the worker stopped before shutdown was asked for.
 #[derive(Debug, thiserror::Error)]
 pub enum ProcessorError {
     #[error("invalid processor settings: {0}")]
     InvalidSettings(&'static str),
 
-    /// The log failed for good. `LogError::Fenced` means another processor took over the
-    /// events partitions: this one may write nothing more.
+    /// The log failed for good.
     #[error("the event log failed")]
     Log(#[source] LogError),
 
@@ -64,9 +67,8 @@ pub enum ProcessorError {
 }
 
 /// Runs the processor until shutdown is asked for (`true` on `shutdown`, or its sender
-/// dropped), then returns `Ok`. Returns an error when the log fails for good, when another
-/// processor takes over (`ProcessorError::Log(LogError::Fenced)`), or when an event cannot be
-/// read.
+/// dropped), then returns `Ok`. A processor fenced by another member joins its group again.
+/// Returns an error when the log fails for good or when an event cannot be read.
 pub async fn run(
     log: Arc<dyn EventLog>,
     provider: Arc<dyn AirtimeProvider>,
@@ -139,22 +141,41 @@ impl Worker {
         // a poll waits at most `poll_wait_ms`; polls are not cancelled, since the port does
         // not promise that cancelling one is safe.
         while !shutdown::is_requested(&self.shutdown) {
-            let polled = self
-                .consumer
-                .poll(self.settings.batch_records_max, wait)
-                .await
-                .map_err(ProcessorError::Log)?;
-            match polled {
-                Polled::Assigned(partitions) => self.assign(&partitions),
-                Polled::Revoked(partitions) => self.revoke(&partitions),
-                Polled::Records(records) if records.is_empty() => {}
-                Polled::Records(records) => {
-                    if self.handle_batch(records).await? == BatchEnd::Stopped {
-                        break;
-                    }
-                }
+            match self.step(wait).await {
+                Ok(BatchEnd::Stopped) => break,
+                Ok(_) => {}
+                Err(ProcessorError::Log(LogError::Fenced)) => self.rejoin().await?,
+                Err(error) => return Err(error),
             }
         }
+        Ok(())
+    }
+
+    /// One poll and what it asks for.
+    async fn step(&mut self, wait: Duration) -> Result<BatchEnd, ProcessorError> {
+        let polled = self
+            .consumer
+            .poll(self.settings.batch_records_max, wait)
+            .await
+            .map_err(ProcessorError::Log)?;
+        match polled {
+            Polled::Assigned(partitions) => self.assign(&partitions),
+            Polled::Revoked(partitions) => self.revoke(&partitions),
+            Polled::Records(records) if records.is_empty() => {}
+            Polled::Records(records) => return self.handle_batch(records).await,
+        }
+        Ok(BatchEnd::Committed)
+    }
+
+    /// A fenced member wrote nothing: its partitions went to another member (after a stall,
+    /// say). It joins the group again as a new member, from empty state; whatever partitions
+    /// it is given are rebuilt from the log as their first events arrive.
+    async fn rejoin(&mut self) -> Result<(), ProcessorError> {
+        tracing::warn!(group = GROUP, "processor lost its membership; rejoining");
+        tokio::time::sleep(REJOIN_DELAY).await;
+        self.states.clear();
+        let consumer = self.log.consumer(GROUP, &[Topic::Events]).await;
+        self.consumer = consumer.map_err(ProcessorError::Log)?;
         Ok(())
     }
 

@@ -10,7 +10,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 use chrono::Utc;
 use tally_commands::log::sqlite::{SqliteLog, SqliteLogSettings};
-use tally_commands::log::{EventLog, LogError, NewRecord, Topic, TopicPartition};
+use tally_commands::log::{EventLog, NewRecord, Topic, TopicPartition};
 use tally_commands::message::CommandEnvelope;
 use tally_domain::notification::{Channel, NotificationRequested, Outcome, Template};
 use tally_domain::{
@@ -367,23 +367,32 @@ async fn a_shutdown_during_endless_retries_leaves_the_whole_batch_for_the_next_s
 }
 
 #[tokio::test]
-async fn a_processor_fenced_by_a_newer_member_stops_with_the_fencing_error() {
+async fn a_processor_fenced_by_a_newer_member_rejoins_and_goes_on() {
     let data_dir = tempfile::tempdir().expect("a temporary directory");
     let log = open_log(data_dir.path()).await;
     let processor = start(&log, Arc::new(Simulator));
     tokio::time::sleep(Duration::from_millis(100)).await;
 
-    let _newer = log
+    let newer = log
         .consumer(tally_processor::GROUP, &[Topic::Events])
         .await
         .expect("a newer member joins");
-
-    let ended = tokio::time::timeout(WAIT_MAX, processor.task).await;
-    let result = ended.expect("the processor stops").expect("no panic");
-    assert!(
-        matches!(result, Err(ProcessorError::Log(LogError::Fenced))),
-        "{result:?}"
+    drop(newer);
+    let mut account = Account::new();
+    let transaction_id = TransactionId::new();
+    let mut events = account.opened_with_money().await;
+    events.extend(
+        account
+            .send_airtime(transaction_id, "10", "+254712345678")
+            .await,
     );
+    append_events(&log, &events).await;
+
+    wait_for_records(&log, Topic::Commands, 1).await;
+    processor.stop().await.expect("a clean stop");
+    let completions = commands(&log).await;
+    let outcome = outcome_of(&completions, transaction_id);
+    assert!(matches!(outcome, Some(AirtimeOutcome::Delivered { .. })));
 }
 
 #[tokio::test]
