@@ -67,10 +67,6 @@ use topics::TopicNames;
 /// take over the other's keys.
 pub const PARTITION_COUNT_MAX: u32 = 1_024;
 
-/// The most records one `append` or one consumer `commit` may carry. A commit is one
-/// transaction, and its records are held in memory until every one is acknowledged.
-pub const RECORDS_PER_REQUEST_MAX: usize = 100_000;
-
 /// The most records one `read` or `poll` returns, whatever the caller asks.
 pub const RECORDS_PER_READ_MAX: usize = 10_000;
 
@@ -182,17 +178,6 @@ async fn warm_up(
     loaded.await.map_err(errors::storage)?.map_err(from_kafka)
 }
 
-/// Refuses requests carrying more records than one transaction is allowed to hold.
-fn check_request_size(records: &[NewRecord]) -> Result<(), LogError> {
-    if records.len() <= RECORDS_PER_REQUEST_MAX {
-        return Ok(());
-    }
-    Err(LogError::Invalid(format!(
-        "{} records in one request exceed the limit of {RECORDS_PER_REQUEST_MAX}",
-        records.len()
-    )))
-}
-
 #[async_trait]
 impl EventLog for KafkaLog {
     fn partition_count(&self) -> u32 {
@@ -204,7 +189,7 @@ impl EventLog for KafkaLog {
     }
 
     async fn append(&self, records: Vec<NewRecord>) -> Result<Vec<Position>, LogError> {
-        check_request_size(&records)?;
+        super::check_request_size(&records)?;
         if records.is_empty() {
             return Ok(Vec::new());
         }

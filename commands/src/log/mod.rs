@@ -17,6 +17,21 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 
+/// The most records one `append` or one consumer `commit` may carry. Either is written as one
+/// transaction, whose records every adapter holds in memory until the log has them all.
+pub const RECORDS_PER_REQUEST_MAX: usize = 100_000;
+
+/// Refuses requests carrying more records than one transaction may hold.
+pub(crate) fn check_request_size(records: &[NewRecord]) -> Result<(), LogError> {
+    if records.len() <= RECORDS_PER_REQUEST_MAX {
+        return Ok(());
+    }
+    Err(LogError::Invalid(format!(
+        "{} records in one request exceed the limit of {RECORDS_PER_REQUEST_MAX}",
+        records.len()
+    )))
+}
+
 /// The topics Tally uses. Every topic has the same partition count, so an account lives in
 /// the same partition number in each of them.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]

@@ -48,10 +48,6 @@ pub const APPEND_BATCH_SIZE_MAX_DEFAULT: usize = 1_000;
 /// single embedded member; beyond this there is no parallelism left to gain on one node.
 pub const PARTITION_COUNT_MAX: u32 = 1_024;
 
-/// The most records one `append` or one consumer `commit` may carry. A request is written in
-/// one transaction even when it exceeds the batch size, so this bounds that transaction.
-pub const RECORDS_PER_REQUEST_MAX: usize = 100_000;
-
 /// The most records one `read` or `poll` returns, whatever the caller asks, so a single call
 /// cannot load an unbounded part of the log into memory.
 pub const RECORDS_PER_READ_MAX: usize = 10_000;
@@ -178,17 +174,6 @@ impl Inner {
     }
 }
 
-/// Refuses requests carrying more records than one transaction is allowed to hold.
-fn check_request_size(records: &[NewRecord]) -> Result<(), LogError> {
-    if records.len() <= RECORDS_PER_REQUEST_MAX {
-        return Ok(());
-    }
-    Err(LogError::Invalid(format!(
-        "{} records in one request exceed the limit of {RECORDS_PER_REQUEST_MAX}",
-        records.len()
-    )))
-}
-
 #[async_trait]
 impl EventLog for SqliteLog {
     fn partition_count(&self) -> u32 {
@@ -200,7 +185,7 @@ impl EventLog for SqliteLog {
     }
 
     async fn append(&self, records: Vec<NewRecord>) -> Result<Vec<Position>, LogError> {
-        check_request_size(&records)?;
+        super::check_request_size(&records)?;
         if records.is_empty() {
             return Ok(Vec::new());
         }

@@ -34,7 +34,8 @@ use super::reader::{message_to_record, partition_index};
 use super::rebalance::{Change, MemberContext};
 use super::transaction::{After, Failure, KafkaOffset, Transaction, step};
 use super::{GROUP_NAME_BYTES_MAX, POLL_WAIT_MAX, RECORDS_PER_READ_MAX};
-use super::{Shared, check_request_size, config};
+use super::{Shared, config};
+use crate::log::check_request_size;
 use crate::log::{
     ConsumedOffset, Consumer, LogError, NewRecord, Polled, Position, Record, Topic, TopicPartition,
 };

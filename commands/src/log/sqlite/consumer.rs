@@ -16,7 +16,8 @@ use tokio::time::Instant;
 
 use super::store::{self, to_sql};
 use super::writer::{self, GroupOffsets, Join, Joined, Request, Write};
-use super::{Inner, RECORDS_PER_READ_MAX, check_request_size};
+use super::{Inner, RECORDS_PER_READ_MAX};
+use crate::log::check_request_size;
 use crate::log::{
     ConsumedOffset, Consumer, LogError, NewRecord, Polled, Position, Record, Topic, TopicPartition,
 };
