@@ -22,6 +22,9 @@ use tally_domain::{
 #[derive(Clone, Debug, Default)]
 pub struct PartitionState {
     next_offset: u64,
+    /// Whether the state follows the consumer: every event up to `next_offset` was applied,
+    /// and the next record the consumer hands over is the next event of the partition.
+    live: bool,
     contacts: HashMap<AccountId, AccountInfo>,
     open_transactions: HashMap<TransactionId, TransactionTerms>,
 }
@@ -48,6 +51,12 @@ impl PartitionState {
     }
 
     /// Applies the event stored at `offset`, which must be the next one.
+    /// Whether the next record from the consumer follows the events already applied, so that
+    /// any offsets between were spent on transaction markers and need no reading.
+    pub fn follows(&self, offset: u64) -> bool {
+        self.live && offset >= self.next_offset
+    }
+
     /// Records that the partition holds no event before `offset` beyond those applied: the
     /// offsets between were spent on transaction markers.
     pub fn skip_to(&mut self, offset: u64) {
@@ -62,6 +71,7 @@ impl PartitionState {
             "events must be applied in offset order"
         );
         self.next_offset = offset + 1;
+        self.live = true;
 
         match &envelope.event {
             LedgerEvent::Account(AccountEvent::AccountOpened { info, .. })

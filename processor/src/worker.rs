@@ -225,8 +225,12 @@ impl Worker {
         for record in records {
             let partition = record.topic_partition();
             let state = self.states.entry(partition).or_default();
-            let read_max = self.settings.rebuild_read_records_max;
-            catch_up(&*self.log, partition, state, record.offset, read_max).await?;
+            if state.follows(record.offset) {
+                state.skip_to(record.offset);
+            } else {
+                let read_max = self.settings.rebuild_read_records_max;
+                catch_up(&*self.log, partition, state, record.offset, read_max).await?;
+            }
 
             let envelope = decode(record)?;
             let effects = effects_of(&envelope, state);
