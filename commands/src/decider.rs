@@ -6,7 +6,7 @@
 //! consumed. Because exactly one decider owns a partition at a time, and the log fences a
 //! decider that lost it, two debits of one account are always decided one after the other.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -69,6 +69,14 @@ pub enum DecideError {
 #[derive(Default)]
 struct Streams {
     ledgers: HashMap<AccountId, AccountLedger>,
+    /// Per events partition, the offset up to which its events are applied.
+    applied_to: HashMap<u32, u64>,
+    /// Partitions assigned but not yet decided in. Before the first decision in one, its
+    /// events are read again from where the rebuild stopped: a member that lost the partition
+    /// may have had a transaction completing while the rebuild read, whose events became
+    /// visible only after. The consumer hands over the first command only once the group's
+    /// offsets are stable, which is after that transaction completed.
+    unchecked: HashSet<u32>,
 }
 
 /// Runs a decider until `shutdown` turns true. A failed or fenced commit rejoins the group,
@@ -106,12 +114,16 @@ async fn run_member(
         match consumer.poll(settings.batch_records_max, wait).await? {
             Polled::Assigned(partitions) => {
                 for partition in partitions {
-                    streams.rebuild(log.as_ref(), partition.partition).await?;
+                    streams.catch_up(log.as_ref(), partition.partition).await?;
+                    streams.unchecked.insert(partition.partition);
                 }
             }
             Polled::Revoked(partitions) => streams.drop_partitions(log.as_ref(), &partitions),
             Polled::Records(batch) if batch.is_empty() => {}
-            Polled::Records(batch) => decide_batch(consumer.as_mut(), &mut streams, batch).await?,
+            Polled::Records(batch) => {
+                streams.check_before_deciding(log.as_ref(), &batch).await?;
+                decide_batch(consumer.as_mut(), &mut streams, batch).await?;
+            }
         }
     }
     Ok(())
@@ -193,24 +205,44 @@ impl Streams {
         decision.events
     }
 
-    /// Replays every event of one partition into its streams.
+    /// Applies the events of one partition from where its streams stand to the partition's
+    /// end: every event on first assignment.
     #[instrument(skip_all, fields(partition))]
-    async fn rebuild(&mut self, log: &dyn EventLog, partition: u32) -> Result<(), DecideError> {
+    async fn catch_up(&mut self, log: &dyn EventLog, partition: u32) -> Result<(), DecideError> {
         let events = TopicPartition {
             topic: Topic::Events,
             partition,
         };
         let end = log.end_offset(events).await?;
-        let mut next = 0;
+        let from = self.applied_to.get(&partition).copied().unwrap_or(0);
+        let mut next = from;
         while next < end {
             let records = log.read(events, next, REBUILD_READ_RECORDS_MAX).await?;
+            // An empty read means only transaction markers remain before the end.
             let Some(last) = records.last() else { break };
             next = last.offset + 1;
             for record in &records {
                 self.replay(record)?;
             }
         }
-        info!(partition, events = end, "partition rebuilt");
+        self.applied_to.insert(partition, next.max(end));
+        info!(partition, from, to = next.max(end), "partition caught up");
+        Ok(())
+    }
+
+    /// Catches up every partition of the batch that has not been decided in since it was
+    /// assigned.
+    async fn check_before_deciding(
+        &mut self,
+        log: &dyn EventLog,
+        batch: &[Record],
+    ) -> Result<(), DecideError> {
+        let partitions: BTreeSet<u32> = batch.iter().map(|record| record.partition).collect();
+        for partition in partitions {
+            if self.unchecked.remove(&partition) {
+                self.catch_up(log, partition).await?;
+            }
+        }
         Ok(())
     }
 
@@ -246,5 +278,9 @@ impl Streams {
         };
         self.ledgers
             .retain(|account_id, _| !owned_elsewhere(account_id));
+        for revoked in partitions {
+            self.applied_to.remove(&revoked.partition);
+            self.unchecked.remove(&revoked.partition);
+        }
     }
 }

@@ -91,3 +91,66 @@ async fn a_fenced_decider_rejoins_and_goes_on_deciding() {
         .expect("decider task")
         .expect("decider ends cleanly");
 }
+
+#[tokio::test]
+async fn events_committed_after_the_rebuild_are_applied_before_the_first_decision() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let log = SqliteLog::open(SqliteLogSettings::new(dir.path(), 4))
+        .await
+        .expect("open log");
+    let (stop, stopping) = watch::channel(false);
+    let running = tokio::spawn(decider::run(
+        log.clone(),
+        DeciderSettings::default(),
+        stopping,
+    ));
+    tokio::time::sleep(Duration::from_millis(200)).await;
+
+    // A member that lost the partition had this transaction completing while the new one
+    // rebuilt: its events land after the rebuild read the partition.
+    let account_id = AccountId::new();
+    let mut ledger = tally_domain::AccountLedger::new(account_id);
+    let context = tally_domain::CommandContext {
+        command_id: tally_domain::CommandId::new(),
+        issued_at: chrono::Utc::now(),
+        now: chrono::Utc::now(),
+    };
+    let late = ledger.decide(open_account(), context).await.events;
+    let records = late.iter().map(|event| tally_commands::log::NewRecord {
+        topic: Topic::Events,
+        key: account_id.to_string(),
+        payload: event.to_json(),
+    });
+    log.append(records.collect())
+        .await
+        .expect("late events land");
+
+    append(&log, account_id, add_money("5")).await;
+    wait_for_events(&log, account_id, 4).await;
+
+    let partition = log.partition_for(&account_id.to_string());
+    let events = TopicPartition {
+        topic: Topic::Events,
+        partition,
+    };
+    let stored = log.read(events, 0, 10).await.expect("read events");
+    let sequences: Vec<u64> = stored
+        .iter()
+        .map(|record| tally_domain::EventEnvelope::from_json(&record.payload).expect("event"))
+        .filter(|event| event.account_id == account_id)
+        .map(|event| event.sequence)
+        .collect();
+    assert_eq!(
+        sequences,
+        [1, 2, 3, 4],
+        "the decision follows the late events"
+    );
+
+    stop.send(true).expect("decider still listens");
+    let outcome = tokio::time::timeout(WAIT, running)
+        .await
+        .expect("decider stops");
+    outcome
+        .expect("decider task")
+        .expect("decider ends cleanly");
+}
