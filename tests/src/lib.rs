@@ -409,3 +409,783 @@ pub fn username(prefix: &str) -> String {
         &uuid::Uuid::new_v4().simple().to_string()[..12]
     )
 }
+
+/// One role of a deployment whose roles run as separate processes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Role {
+    Api,
+    Decide,
+    Project,
+    Process,
+}
+
+impl Role {
+    fn command(self) -> &'static str {
+        match self {
+            Role::Api => "api",
+            Role::Decide => "decide",
+            Role::Project => "project",
+            Role::Process => "process",
+        }
+    }
+}
+
+/// One process of a [`Deployment`]: its role, its own data directory and, for the API, port.
+struct RoleProcess {
+    role: Role,
+    data_dir: TempDir,
+    port: Option<u16>,
+    child: Option<Child>,
+}
+
+impl RoleProcess {
+    fn log_path(&self) -> PathBuf {
+        self.data_dir.path().join("tally.log")
+    }
+}
+
+/// Tally on Kafka and MariaDB as separate role processes (`tally api`, `decide`, `project`,
+/// `process`) sharing one fresh topic prefix and database, as `docs/kafka-and-mysql.md`
+/// describes. Only API processes listen. Each process writes its log to a file of its own,
+/// which [`Deployment::log_tails`] shows when a test fails.
+pub struct Deployment {
+    pub client: Client,
+    processes: Vec<RoleProcess>,
+    backend_args: Vec<String>,
+    /// Dropped after the processes are killed (see `Drop`).
+    _database: Option<MysqlDatabase>,
+}
+
+/// The lines of each process's log that [`Deployment::log_tails`] shows.
+const LOG_TAIL_LINES: usize = 15;
+
+impl Deployment {
+    /// Starts one process per entry of `roles` and waits until every API answers. The APIs
+    /// start first, so that one of them creates the topics before the workers subscribe.
+    pub async fn spawn(roles: &[Role]) -> Result<Deployment> {
+        let (mut backend_args, database) = kafka_mysql_args().await?;
+        // Every API instance must sign and check tokens with the same secret.
+        let jwt_secret = format!(
+            "{}{}",
+            uuid::Uuid::new_v4().simple(),
+            uuid::Uuid::new_v4().simple()
+        );
+        backend_args.extend(["--jwt-secret".to_owned(), jwt_secret]);
+        let client = Client::builder().timeout(Duration::from_secs(30)).build()?;
+        let mut ordered: Vec<Role> = roles.to_vec();
+        ordered.sort_by_key(|role| *role != Role::Api);
+        let mut processes = Vec::with_capacity(ordered.len());
+        for role in ordered {
+            let port = if role == Role::Api {
+                Some(free_port()?)
+            } else {
+                None
+            };
+            let data_dir = tempfile::tempdir()?;
+            processes.push(RoleProcess {
+                role,
+                data_dir,
+                port,
+                child: None,
+            });
+        }
+        let mut deployment = Deployment {
+            client,
+            processes,
+            backend_args,
+            _database: database,
+        };
+        for position in 0..deployment.processes.len() {
+            deployment.start_at(position).await?;
+        }
+        Ok(deployment)
+    }
+
+    /// The base URL of the `index`th API process.
+    pub fn api_url(&self, index: usize) -> Result<String> {
+        let process = self.find(Role::Api, index)?;
+        let port = process.port.context("an API process has no port")?;
+        Ok(format!("http://127.0.0.1:{port}"))
+    }
+
+    /// The base URLs of every API process.
+    pub fn api_urls(&self) -> Vec<String> {
+        let ports = self.processes.iter().filter_map(|process| process.port);
+        ports
+            .map(|port| format!("http://127.0.0.1:{port}"))
+            .collect()
+    }
+
+    /// Kills the `index`th process of `role` with SIGKILL: no draining, no committing.
+    pub fn kill(&mut self, role: Role, index: usize) -> Result<()> {
+        let position = self.position(role, index)?;
+        if let Some(mut child) = self.processes[position].child.take() {
+            child.kill()?;
+            child.wait()?;
+        }
+        Ok(())
+    }
+
+    /// Starts the `index`th process of `role` again, on its data directory and port.
+    pub async fn start(&mut self, role: Role, index: usize) -> Result<()> {
+        let position = self.position(role, index)?;
+        self.start_at(position).await
+    }
+
+    /// Processes that were started and have exited since, none of them by [`Self::kill`]:
+    /// a role that crashed on its own.
+    pub fn exited(&mut self) -> Result<Vec<String>> {
+        let mut exited = Vec::new();
+        for process in &mut self.processes {
+            if let Some(child) = process.child.as_mut()
+                && let Some(status) = child.try_wait()?
+            {
+                exited.push(format!("{:?} ({status})", process.role));
+            }
+        }
+        Ok(exited)
+    }
+
+    /// The last lines of every process's log, to print when a test fails.
+    pub fn log_tails(&self) -> String {
+        let mut tails = String::new();
+        for process in &self.processes {
+            let log = std::fs::read_to_string(process.log_path()).unwrap_or_default();
+            let lines: Vec<&str> = log.lines().collect();
+            let tail = &lines[lines.len().saturating_sub(LOG_TAIL_LINES)..];
+            tails.push_str(&format!(
+                "--- {:?} {}\n",
+                process.role,
+                process.log_path().display()
+            ));
+            tails.push_str(&tail.join("\n"));
+            tails.push('\n');
+        }
+        tails
+    }
+
+    fn find(&self, role: Role, index: usize) -> Result<&RoleProcess> {
+        Ok(&self.processes[self.position(role, index)?])
+    }
+
+    fn position(&self, role: Role, index: usize) -> Result<usize> {
+        let of_role = self.processes.iter().enumerate();
+        let found = of_role
+            .filter(|(_, process)| process.role == role)
+            .nth(index);
+        found
+            .map(|(position, _)| position)
+            .with_context(|| format!("no {role:?} process number {index}"))
+    }
+
+    async fn start_at(&mut self, position: usize) -> Result<()> {
+        let process = &mut self.processes[position];
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(process.log_path())?;
+        let mut command = Command::new(tally_bin()?);
+        command.args([process.role.command(), "--bcrypt-cost", "10"]);
+        if let Some(port) = process.port {
+            command.args(["--listen", &format!("127.0.0.1:{port}")]);
+        }
+        let child = command
+            .arg("--data-dir")
+            .arg(process.data_dir.path())
+            .args(&self.backend_args)
+            .env_remove("TALLY_KAFKA_BROKERS")
+            .env_remove("TALLY_DATABASE_URL")
+            .env("TALLY_LOG", "warn")
+            .env("TALLY_ADMIN_USERNAME", "admin")
+            .env("TALLY_ADMIN_PASSWORD", ADMIN_PASSWORD)
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .with_context(|| format!("cannot start tally {}", process.role.command()))?;
+        process.child = Some(child);
+        if let Some(port) = process.port {
+            self.wait_until_healthy(position, port).await?;
+        }
+        Ok(())
+    }
+
+    async fn wait_until_healthy(&mut self, position: usize, port: u16) -> Result<()> {
+        let started = Instant::now();
+        while started.elapsed() < START_WAIT {
+            if let Some(child) = self.processes[position].child.as_mut()
+                && let Some(status) = child.try_wait()?
+            {
+                bail!(
+                    "tally api exited during start-up: {status}\n{}",
+                    self.log_tails()
+                );
+            }
+            let health = self
+                .client
+                .get(format!("http://127.0.0.1:{port}/health"))
+                .send();
+            if health
+                .await
+                .is_ok_and(|response| response.status().is_success())
+            {
+                return Ok(());
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        bail!("tally api did not become healthy within {START_WAIT:?}")
+    }
+}
+
+impl Drop for Deployment {
+    fn drop(&mut self) {
+        for process in &mut self.processes {
+            if let Some(mut child) = process.child.take() {
+                let _ = child.kill();
+                let _ = child.wait();
+            }
+        }
+    }
+}
+
+/// A mixed load of keyed transactions from concurrent clients over a few generously funded
+/// accounts of a [`Deployment`], and the checks that follow a fault: every accepted transaction
+/// ends exactly once, every account's event stream is gapless, and every balance is what a
+/// simple model of the accepted requests predicts.
+pub mod ledger_load {
+    use std::collections::{HashMap, HashSet};
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    use futures::StreamExt;
+
+    use super::*;
+
+    /// What each account is funded with before the load, in cents: far more than the load
+    /// can spend, so that no transaction fails for want of money.
+    pub const FUNDING_CENTS: i64 = 100_000_000;
+    /// The airtime simulator rejects every number ending in 0000.
+    const REJECTED_NUMBER: &str = "+254712340000";
+    /// How long one request keeps being resent (same key, same body) before the load fails.
+    pub const RESEND_WAIT: Duration = Duration::from_secs(150);
+    /// Pause between two sends of one request.
+    const RESEND_PAUSE: Duration = Duration::from_millis(250);
+    /// How long every accepted transaction together may take to reach a final status.
+    pub const FINALS_WAIT: Duration = Duration::from_secs(150);
+    /// Every this many requests, one is sent again after its 202 to check it replays.
+    const DUPLICATE_EVERY: usize = 97;
+    /// Page size for reading an account's events (the API's maximum).
+    const EVENTS_PAGE: usize = 500;
+    /// Mismatches listed when a check fails; the rest are counted.
+    const MISMATCHES_SHOWN: usize = 8;
+
+    #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+    pub enum Kind {
+        AddMoney,
+        Airtime,
+        RejectedAirtime,
+    }
+
+    /// One client request: the account it is sent as, what it asks, and its own key.
+    #[derive(Clone, Debug)]
+    pub struct Request {
+        pub account: usize,
+        pub kind: Kind,
+        pub amount_cents: i64,
+        pub key: String,
+        phone_number: String,
+    }
+
+    impl Request {
+        /// Request `index` of a run: three in eight add money, four send airtime to numbers
+        /// the simulator delivers to, one to a number it rejects.
+        fn of(index: usize, accounts: usize, run: &str) -> Request {
+            let kind = match index % 8 {
+                0..=2 => Kind::AddMoney,
+                3..=6 => Kind::Airtime,
+                _ => Kind::RejectedAirtime,
+            };
+            let amount_cents = 100 + (index as i64 * 37) % 900;
+            let phone_number = match kind {
+                Kind::RejectedAirtime => REJECTED_NUMBER.to_owned(),
+                _ => format!("+25471234{:04}", 1 + index % 9_998),
+            };
+            let key = format!("{run}-{index}");
+            Request {
+                account: index % accounts,
+                kind,
+                amount_cents,
+                key,
+                phone_number,
+            }
+        }
+
+        fn body(&self) -> Value {
+            let amount = format_cents(self.amount_cents);
+            match self.kind {
+                Kind::AddMoney => add_money(&amount),
+                _ => send_airtime(&amount, &self.phone_number),
+            }
+        }
+
+        /// The status and failure reason this request must end with.
+        fn expected_end(&self) -> (&'static str, Option<&'static str>) {
+            match self.kind {
+                Kind::RejectedAirtime => ("FAILED", Some("airtime_provider_rejected")),
+                _ => ("SUCCESSFUL", None),
+            }
+        }
+
+        /// What the request does to its account's balance once it ended with `status`.
+        fn balance_change_cents(&self, status: &str) -> i64 {
+            match (status, self.kind) {
+                ("SUCCESSFUL", Kind::AddMoney) => self.amount_cents,
+                ("SUCCESSFUL", _) => -self.amount_cents,
+                _ => 0,
+            }
+        }
+    }
+
+    pub fn format_cents(cents: i64) -> String {
+        let sign = if cents < 0 { "-" } else { "" };
+        format!("{sign}{}.{:02}", cents.abs() / 100, cents.abs() % 100)
+    }
+
+    /// The load: its accounts, its requests, and a count of requests answered so far that a
+    /// test watches to place its faults.
+    pub struct Load {
+        pub users: Vec<User>,
+        pub requests: Vec<Request>,
+        pub answered: Arc<AtomicUsize>,
+        /// Sends that got no 202 and were sent again.
+        pub resends: Arc<AtomicUsize>,
+        funding: Vec<String>,
+        urls: Vec<String>,
+        client: Client,
+        clients: usize,
+    }
+
+    impl Load {
+        /// Signs up `accounts` users, opens and funds their accounts, and plans
+        /// `transactions` requests to be sent by `clients` concurrent clients.
+        pub async fn prepare(
+            deployment: &Deployment,
+            accounts: usize,
+            transactions: usize,
+            clients: usize,
+        ) -> Result<Load> {
+            let urls = deployment.api_urls();
+            let client = deployment.client.clone();
+            let url = urls.first().context("the deployment has no API")?.clone();
+            let run = username("load");
+            let mut users = Vec::with_capacity(accounts);
+            let mut funding = Vec::with_capacity(accounts);
+            for _ in 0..accounts {
+                let user = signup_and_open(&client, &url, &username("faults")).await?;
+                let key = format!("{run}-funding-{}", user.uid);
+                let body = add_money(&format_cents(FUNDING_CENTS));
+                funding.push(send_until_accepted(&client, &urls, 0, &user, &key, &body).await?);
+                users.push(user);
+            }
+            let requests = (0..transactions).map(|index| Request::of(index, accounts, &run));
+            Ok(Load {
+                users,
+                requests: requests.collect(),
+                answered: Arc::new(AtomicUsize::new(0)),
+                resends: Arc::new(AtomicUsize::new(0)),
+                funding,
+                urls,
+                client,
+                clients,
+            })
+        }
+
+        /// Sends every request, `clients` at a time, each until it is answered 202, and
+        /// returns the transaction id of each. Requests are spread over the API processes.
+        pub async fn run(self: Arc<Self>) -> Result<Vec<String>> {
+            let sends = (0..self.requests.len()).map(|index| {
+                let load = self.clone();
+                async move { load.send(index).await }
+            });
+            let answers = futures::stream::iter(sends).buffered(self.clients);
+            answers
+                .collect::<Vec<Result<String>>>()
+                .await
+                .into_iter()
+                .collect()
+        }
+
+        async fn send(&self, index: usize) -> Result<String> {
+            let request = &self.requests[index];
+            let user = &self.users[request.account];
+            let body = request.body();
+            let (client, urls) = (&self.client, &self.urls);
+            let started = Instant::now();
+            let mut attempt = index;
+            let transaction_id = loop {
+                match try_send(
+                    client,
+                    &urls[attempt % urls.len()],
+                    user,
+                    &request.key,
+                    &body,
+                )
+                .await
+                {
+                    Ok(Some(transaction_id)) => break transaction_id,
+                    Ok(None) if started.elapsed() < RESEND_WAIT => {}
+                    Ok(None) => bail!(
+                        "request {index} ({}) unanswered for {RESEND_WAIT:?}",
+                        request.key
+                    ),
+                    Err(refused) => return Err(refused.context(format!("request {index} refused"))),
+                }
+                self.resends.fetch_add(1, Ordering::Relaxed);
+                attempt += 1;
+                tokio::time::sleep(RESEND_PAUSE).await;
+            };
+            if index.is_multiple_of(DUPLICATE_EVERY) {
+                let again =
+                    send_until_accepted(client, urls, attempt + 1, user, &request.key, &body);
+                let again = again.await?;
+                if again != transaction_id {
+                    let expected = &transaction_id;
+                    bail!("request {index} sent again with its key became {again}, not {expected}");
+                }
+            }
+            self.answered.fetch_add(1, Ordering::Relaxed);
+            Ok(transaction_id)
+        }
+
+        /// Waits until every accepted transaction, funding included, is final, and checks
+        /// each status, each account's event stream and each balance against the model.
+        pub async fn verify(&self, accepted: &[String]) -> Result<()> {
+            anyhow::ensure!(
+                accepted.len() == self.requests.len(),
+                "not every request accepted"
+            );
+            let distinct: HashSet<&String> = accepted.iter().chain(&self.funding).collect();
+            anyhow::ensure!(
+                distinct.len() == accepted.len() + self.funding.len(),
+                "two requests with different keys got the same transaction id"
+            );
+            let finals = self.wait_finals(accepted).await?;
+            self.check_statuses(&finals)?;
+            for account in 0..self.users.len() {
+                self.check_events(account, accepted).await?;
+                self.check_balance(account, &finals).await?;
+            }
+            Ok(())
+        }
+
+        async fn wait_finals(&self, accepted: &[String]) -> Result<Vec<Value>> {
+            let deadline = Instant::now() + FINALS_WAIT;
+            let funding = self.funding.iter().enumerate();
+            let requests = self
+                .requests
+                .iter()
+                .map(|request| request.account)
+                .zip(accepted);
+            let waits = funding.chain(requests).map(|(account, transaction_id)| {
+                let user = &self.users[account];
+                wait_final(&self.client, &self.urls[0], user, transaction_id, deadline)
+            });
+            let finals = futures::stream::iter(waits).buffered(self.clients);
+            let finals: Vec<Result<Value>> = finals.collect().await;
+            let finals: Vec<Value> = finals.into_iter().collect::<Result<_>>()?;
+            let (funding, requests) = finals.split_at(self.funding.len());
+            for funded in funding {
+                anyhow::ensure!(
+                    funded["transactionStatus"] == "SUCCESSFUL",
+                    "funding: {funded}"
+                );
+            }
+            Ok(requests.to_vec())
+        }
+
+        fn check_statuses(&self, finals: &[Value]) -> Result<()> {
+            let mut mismatches = Vec::new();
+            for (index, (request, transaction)) in self.requests.iter().zip(finals).enumerate() {
+                let (status, reason) = request.expected_end();
+                let reason_found = transaction["failureReason"].as_str();
+                if transaction["transactionStatus"] != status || reason_found != reason {
+                    mismatches.push(format!("request {index} {request:?}: {transaction}"));
+                }
+            }
+            ensure_none(
+                "final status differs from the request's expected end",
+                &mismatches,
+            )
+        }
+
+        async fn check_events(&self, account: usize, accepted: &[String]) -> Result<()> {
+            let user = &self.users[account];
+            let events = account_events(&self.client, &self.urls[0], user).await?;
+            let sequences: Vec<u64> = events
+                .iter()
+                .filter_map(|event| event["sequence"].as_u64())
+                .collect();
+            let gaps: Vec<String> = sequences
+                .iter()
+                .enumerate()
+                .filter(|(position, sequence)| **sequence != *position as u64 + 1)
+                .map(|(position, sequence)| {
+                    format!("position {position} holds sequence {sequence}")
+                })
+                .collect();
+            ensure_none(
+                &format!("account {} events are not 1..={}", user.uid, events.len()),
+                &gaps,
+            )?;
+
+            let mut endings: HashMap<String, Vec<u64>> = HashMap::new();
+            for event in &events {
+                let event_type = event["eventType"].as_str().unwrap_or_default();
+                if event_type == "TransactionSucceeded" || event_type == "TransactionFailed" {
+                    let transaction_id = transaction_id_in(&event["payload"])
+                        .with_context(|| format!("no transaction id in {event}"))?;
+                    let sequence = event["sequence"].as_u64().unwrap_or_default();
+                    endings.entry(transaction_id).or_default().push(sequence);
+                }
+            }
+            let own = self
+                .requests
+                .iter()
+                .zip(accepted)
+                .filter(|(request, _)| request.account == account);
+            let own_ids: Vec<&String> = own
+                .map(|(_, id)| id)
+                .chain([&self.funding[account]])
+                .collect();
+            let mut wrong: Vec<String> = own_ids
+                .iter()
+                .filter(|id| endings.get(id.as_str()).is_none_or(|ends| ends.len() != 1))
+                .map(|id| {
+                    format!(
+                        "transaction {id} ends at sequences {:?}",
+                        endings.get(id.as_str())
+                    )
+                })
+                .collect();
+            if endings.len() != own_ids.len() {
+                wrong.push(format!(
+                    "{} transactions end, {} accepted",
+                    endings.len(),
+                    own_ids.len()
+                ));
+            }
+            ensure_none(
+                &format!("account {}: not exactly one ending each", user.uid),
+                &wrong,
+            )
+        }
+
+        async fn check_balance(&self, account: usize, finals: &[Value]) -> Result<()> {
+            let user = &self.users[account];
+            let changes = self
+                .requests
+                .iter()
+                .zip(finals)
+                .filter(|(request, _)| request.account == account);
+            let model_cents: i64 = FUNDING_CENTS
+                + changes
+                    .map(|(request, end)| {
+                        request.balance_change_cents(
+                            end["transactionStatus"].as_str().unwrap_or_default(),
+                        )
+                    })
+                    .sum::<i64>();
+            let expected = format_cents(model_cents);
+            let balance = settled_balance(&self.client, &self.urls[0], user).await?;
+            let matches = balance["accountBalance"] == expected.as_str()
+                && balance["availableBalance"] == expected.as_str()
+                && balance["heldBalance"] == "0.00";
+            anyhow::ensure!(
+                matches,
+                "account {} balance {balance}, model says {expected} with nothing held",
+                user.uid
+            );
+            Ok(())
+        }
+    }
+
+    fn ensure_none(what: &str, mismatches: &[String]) -> Result<()> {
+        if mismatches.is_empty() {
+            return Ok(());
+        }
+        let shown = mismatches
+            .iter()
+            .take(MISMATCHES_SHOWN)
+            .cloned()
+            .collect::<Vec<_>>();
+        bail!(
+            "{what}: {} cases, first: \n  {}",
+            mismatches.len(),
+            shown.join("\n  ")
+        )
+    }
+
+    /// The transaction id anywhere in an event's payload.
+    fn transaction_id_in(payload: &Value) -> Option<String> {
+        match payload {
+            Value::Object(fields) => fields.iter().find_map(|(name, value)| {
+                let named = name == "transactionId" || name == "transaction_id";
+                match value {
+                    Value::String(id) if named => Some(id.clone()),
+                    _ => transaction_id_in(value),
+                }
+            }),
+            Value::Array(items) => items.iter().find_map(transaction_id_in),
+            _ => None,
+        }
+    }
+
+    /// Sends a keyed request once: `Ok(Some(id))` on 202, `Ok(None)` when it may be sent
+    /// again (no answer, 409, 429, 5xx), and an error for any other answer.
+    async fn try_send(
+        client: &Client,
+        url: &str,
+        user: &User,
+        key: &str,
+        body: &Value,
+    ) -> Result<Option<String>> {
+        let sent = client
+            .post(format!("{url}/transaction"))
+            .bearer_auth(&user.token)
+            .header("Idempotency-Key", key)
+            .json(body)
+            .send()
+            .await;
+        let Ok(response) = sent else { return Ok(None) };
+        let status = response.status().as_u16();
+        let Ok(text) = response.text().await else {
+            return Ok(None);
+        };
+        match status {
+            202 => {
+                let answer: Value = serde_json::from_str(&text)?;
+                let id = answer["transactionId"]
+                    .as_str()
+                    .context("202 without transactionId")?;
+                Ok(Some(id.to_owned()))
+            }
+            409 | 429 | 500..=599 => Ok(None),
+            _ => bail!("answered {status}: {text}"),
+        }
+    }
+
+    async fn send_until_accepted(
+        client: &Client,
+        urls: &[String],
+        first: usize,
+        user: &User,
+        key: &str,
+        body: &Value,
+    ) -> Result<String> {
+        let started = Instant::now();
+        for attempt in first.. {
+            if let Some(id) = try_send(client, &urls[attempt % urls.len()], user, key, body).await?
+            {
+                return Ok(id);
+            }
+            if started.elapsed() > RESEND_WAIT {
+                break;
+            }
+            tokio::time::sleep(RESEND_PAUSE).await;
+        }
+        bail!("{key} unanswered for {RESEND_WAIT:?}")
+    }
+
+    async fn wait_final(
+        client: &Client,
+        url: &str,
+        user: &User,
+        id: &str,
+        deadline: Instant,
+    ) -> Result<Value> {
+        let mut last = Value::Null;
+        while Instant::now() < deadline {
+            let response = client
+                .get(format!("{url}/transaction/{id}"))
+                .bearer_auth(&user.token)
+                .send()
+                .await;
+            if let Ok(response) = response
+                && response.status().as_u16() == 200
+                && let Ok(transaction) = response.json::<Value>().await
+            {
+                let status = transaction["transactionStatus"]
+                    .as_str()
+                    .unwrap_or_default();
+                if status == "SUCCESSFUL" || status == "FAILED" {
+                    return Ok(transaction);
+                }
+                last = transaction;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        bail!("transaction {id} not final by the deadline; last seen {last}")
+    }
+
+    /// The balance once nothing is held, or as it is when the wait runs out.
+    async fn settled_balance(client: &Client, url: &str, user: &User) -> Result<Value> {
+        let started = Instant::now();
+        loop {
+            let response = client
+                .get(format!("{url}/account/balance/{}", user.uid))
+                .bearer_auth(&user.token)
+                .send()
+                .await?;
+            let balance = expect_status(response, 200).await?;
+            if balance["heldBalance"] == "0.00" || started.elapsed() > FINAL_WAIT {
+                return Ok(balance);
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+
+    async fn account_events(client: &Client, url: &str, user: &User) -> Result<Vec<Value>> {
+        let mut events = Vec::new();
+        let mut after = Some(0u64);
+        while let Some(sequence) = after {
+            let path = format!(
+                "{url}/account/{}/events?limit={EVENTS_PAGE}&after={sequence}",
+                user.uid
+            );
+            let response = client.get(path).bearer_auth(&user.token).send().await?;
+            let page = expect_status(response, 200).await?;
+            events.extend(page["events"].as_array().cloned().unwrap_or_default());
+            after = page["nextAfter"].as_u64();
+        }
+        Ok(events)
+    }
+
+    async fn signup_and_open(client: &Client, url: &str, name: &str) -> Result<User> {
+        let credentials = json!({ "username": name, "password": "correct horse battery staple" });
+        let signup = client
+            .post(format!("{url}/signup/username"))
+            .json(&credentials)
+            .send();
+        expect_status(signup.await?, 201).await?;
+        let login = client
+            .post(format!("{url}/login"))
+            .json(&credentials)
+            .send();
+        let login = expect_status(login.await?, 200).await?;
+        let token = login["token"].as_str().context("no token")?.to_owned();
+        let me = client.get(format!("{url}/me")).bearer_auth(&token).send();
+        let me = expect_status(me.await?, 200).await?;
+        let uid = me["uid"].as_str().context("no uid")?.to_owned();
+        let account = json!({
+            "accountInfo": { "name": "Fault Load", "email": "load@example.com",
+                             "phoneNumber": "+14155552671" },
+            "currencyCode": "USD",
+        });
+        let opened = client
+            .post(format!("{url}/account/{uid}"))
+            .bearer_auth(&token)
+            .json(&account)
+            .send();
+        expect_status(opened.await?, 201).await?;
+        Ok(User { uid, token })
+    }
+}

@@ -1,0 +1,1 @@
+//! The fault suites live in `tests/`; this crate holds no code of its own.
