@@ -2,6 +2,8 @@
 
 mod log_conformance;
 
+use log_conformance::{member, partition_of, payloads, poll_records, record};
+
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 use std::time::Duration;
@@ -9,7 +11,7 @@ use std::time::Duration;
 use sqlx::{ConnectOptions, sqlite::SqliteConnectOptions};
 use tally_commands::log::sqlite::{SqliteLog, SqliteLogSettings};
 use tally_commands::log::{
-    ConsumedOffset, Consumer, EventLog, LogError, NewRecord, Polled, Record, Topic, TopicPartition,
+    ConsumedOffset, EventLog, LogError, NewRecord, Polled, Topic, TopicPartition,
 };
 use tempfile::TempDir;
 
@@ -27,63 +29,11 @@ async fn open(dir: &TempDir) -> Arc<SqliteLog> {
         .expect("log opens")
 }
 
-fn record(topic: Topic, key: &str, payload: &str) -> NewRecord {
-    NewRecord {
-        topic,
-        key: key.to_owned(),
-        payload: payload.as_bytes().to_vec(),
-    }
-}
-
-fn partition_of(log: &SqliteLog, topic: Topic, key: &str) -> TopicPartition {
-    TopicPartition {
-        topic,
-        partition: log.partition_for(key),
-    }
-}
-
-fn payloads(records: &[Record]) -> Vec<String> {
-    records
-        .iter()
-        .map(|record| String::from_utf8_lossy(&record.payload).into_owned())
-        .collect()
-}
-
-/// Joins a group and takes the assignment the first poll reports.
-async fn member(log: &SqliteLog, group: &str, topics: &[Topic]) -> Box<dyn Consumer> {
-    let mut consumer = log.consumer(group, topics).await.expect("member joins");
-    let polled = consumer
-        .poll(100, Duration::ZERO)
-        .await
-        .expect("first poll");
-    assert!(
-        matches!(polled, Polled::Assigned(_)),
-        "first poll must assign, got {polled:?}"
-    );
-    consumer
-}
-
-/// Polls until `count` records arrived.
-async fn poll_records(consumer: &mut dyn Consumer, count: usize) -> Vec<Record> {
-    let mut records = Vec::new();
-    while records.len() < count {
-        let polled = tokio::time::timeout(PROMPTLY, consumer.poll(count, LONG_WAIT))
-            .await
-            .expect("records arrive promptly")
-            .expect("poll succeeds");
-        match polled {
-            Polled::Records(batch) => records.extend(batch),
-            other => panic!("expected records, got {other:?}"),
-        }
-    }
-    records
-}
-
 #[tokio::test]
 async fn append_then_read_returns_records_in_order_with_gapless_offsets() {
     let dir = TempDir::new().expect("temp dir");
     let log = open(&dir).await;
-    let partition = partition_of(&log, Topic::Events, "account-1");
+    let partition = partition_of(&*log, Topic::Events, "account-1");
 
     let first: Vec<NewRecord> = (0..5)
         .map(|i| record(Topic::Events, "account-1", &format!("e{i}")))
@@ -119,28 +69,6 @@ async fn append_then_read_returns_records_in_order_with_gapless_offsets() {
         payloads(&log.read(partition, 6, 1).await.expect("read")),
         vec!["e6"]
     );
-}
-
-#[tokio::test]
-async fn the_same_key_always_lands_in_the_same_partition_as_kafka_would_put_it() {
-    let dir = TempDir::new().expect("temp dir");
-    let log = open(&dir).await;
-
-    // Kafka's UtilsTest.testMurmur2: murmur2("foobar") = -790332482, murmur2("21") = -973932308.
-    let kafka_partition = |hash: i32| (hash & 0x7fff_ffff).cast_unsigned() % PARTITION_COUNT;
-    assert_eq!(log.partition_for("foobar"), kafka_partition(-790_332_482));
-    assert_eq!(log.partition_for("21"), kafka_partition(-973_932_308));
-
-    for key in ["foobar", "21", "account-7"] {
-        let records = (0..3).map(|_| record(Topic::Commands, key, "c")).collect();
-        let positions = log.append(records).await.expect("append");
-        let partitions: BTreeSet<u32> = positions.iter().map(|p| p.partition).collect();
-        assert_eq!(
-            partitions,
-            BTreeSet::from([log.partition_for(key)]),
-            "key {key}"
-        );
-    }
 }
 
 #[tokio::test]
@@ -206,11 +134,11 @@ async fn a_consumer_resumes_from_committed_offsets_after_the_log_is_reopened() {
     let partition;
     {
         let log = open(&dir).await;
-        partition = partition_of(&log, Topic::Commands, "account-1");
+        partition = partition_of(&*log, Topic::Commands, "account-1");
         let records = (0..5).map(|i| record(Topic::Commands, "account-1", &format!("c{i}")));
         log.append(records.collect()).await.expect("append");
 
-        let mut consumer = member(&log, "processor", &[Topic::Commands]).await;
+        let mut consumer = member(&*log, "processor", &[Topic::Commands]).await;
         let read = poll_records(consumer.as_mut(), 5).await;
         assert_eq!(payloads(&read), vec!["c0", "c1", "c2", "c3", "c4"]);
         let consumed = vec![ConsumedOffset {
@@ -241,13 +169,13 @@ async fn a_consumer_resumes_from_committed_offsets_after_the_log_is_reopened() {
 async fn a_commit_makes_its_produced_records_and_its_offsets_visible_together() {
     let dir = TempDir::new().expect("temp dir");
     let log = open(&dir).await;
-    let commands = partition_of(&log, Topic::Commands, "account-1");
-    let events = partition_of(&log, Topic::Events, "account-1");
+    let commands = partition_of(&*log, Topic::Commands, "account-1");
+    let events = partition_of(&*log, Topic::Events, "account-1");
     log.append(vec![record(Topic::Commands, "account-1", "open")])
         .await
         .expect("append");
 
-    let mut consumer = member(&log, "decider", &[Topic::Commands]).await;
+    let mut consumer = member(&*log, "decider", &[Topic::Commands]).await;
     poll_records(consumer.as_mut(), 1).await;
     let consumed = vec![ConsumedOffset {
         partition: commands,
@@ -266,7 +194,7 @@ async fn a_commit_makes_its_produced_records_and_its_offsets_visible_together() 
         vec!["opened"]
     );
     drop(consumer);
-    let mut next = member(&log, "decider", &[Topic::Commands]).await;
+    let mut next = member(&*log, "decider", &[Topic::Commands]).await;
     let polled = next
         .poll(10, Duration::from_millis(50))
         .await
@@ -278,14 +206,14 @@ async fn a_commit_makes_its_produced_records_and_its_offsets_visible_together() 
 async fn a_commit_that_fails_midway_leaves_neither_records_nor_offsets() {
     let dir = TempDir::new().expect("temp dir");
     let log = open(&dir).await;
-    let commands = partition_of(&log, Topic::Commands, "account-1");
-    let events = partition_of(&log, Topic::Events, "account-1");
+    let commands = partition_of(&*log, Topic::Commands, "account-1");
+    let events = partition_of(&*log, Topic::Events, "account-1");
     log.append(vec![record(Topic::Commands, "account-1", "open")])
         .await
         .expect("append");
     poison_records_keyed(&dir, "poison").await;
 
-    let mut consumer = member(&log, "decider", &[Topic::Commands]).await;
+    let mut consumer = member(&*log, "decider", &[Topic::Commands]).await;
     poll_records(consumer.as_mut(), 1).await;
     let consumed = vec![ConsumedOffset {
         partition: commands,
@@ -303,7 +231,7 @@ async fn a_commit_that_fails_midway_leaves_neither_records_nor_offsets() {
     );
     assert_eq!(log.end_offset(events).await.expect("end offset"), 0);
     assert!(log.read(events, 0, 10).await.expect("read").is_empty());
-    let mut next = member(&log, "decider", &[Topic::Commands]).await;
+    let mut next = member(&*log, "decider", &[Topic::Commands]).await;
     assert_eq!(
         payloads(&poll_records(next.as_mut(), 1).await),
         vec!["open"]
@@ -337,15 +265,15 @@ async fn poison_records_keyed(dir: &TempDir, key: &str) {
 async fn a_second_member_of_a_group_fences_the_first() {
     let dir = TempDir::new().expect("temp dir");
     let log = open(&dir).await;
-    let commands = partition_of(&log, Topic::Commands, "account-1");
-    let events = partition_of(&log, Topic::Events, "account-1");
+    let commands = partition_of(&*log, Topic::Commands, "account-1");
+    let events = partition_of(&*log, Topic::Events, "account-1");
     log.append(vec![record(Topic::Commands, "account-1", "open")])
         .await
         .expect("append");
 
-    let mut first = member(&log, "decider", &[Topic::Commands]).await;
+    let mut first = member(&*log, "decider", &[Topic::Commands]).await;
     poll_records(first.as_mut(), 1).await;
-    let mut second = member(&log, "decider", &[Topic::Commands]).await;
+    let mut second = member(&*log, "decider", &[Topic::Commands]).await;
 
     let consumed = vec![ConsumedOffset {
         partition: commands,
@@ -369,11 +297,11 @@ async fn a_second_member_of_a_group_fences_the_first() {
 async fn a_fenced_member_waiting_in_poll_is_woken_with_fenced() {
     let dir = TempDir::new().expect("temp dir");
     let log = open(&dir).await;
-    let mut first = member(&log, "projector", &[Topic::Events]).await;
+    let mut first = member(&*log, "projector", &[Topic::Events]).await;
 
     let waiting = tokio::spawn(async move { first.poll(10, LONG_WAIT).await });
     tokio::time::sleep(Duration::from_millis(20)).await;
-    let _second = member(&log, "projector", &[Topic::Events]).await;
+    let _second = member(&*log, "projector", &[Topic::Events]).await;
 
     let polled = tokio::time::timeout(PROMPTLY, waiting)
         .await
@@ -403,54 +331,6 @@ async fn a_second_open_of_a_held_directory_returns_locked() {
 }
 
 #[tokio::test]
-async fn poll_wakes_promptly_when_an_append_arrives() {
-    let dir = TempDir::new().expect("temp dir");
-    let log = open(&dir).await;
-    let mut consumer = member(&log, "notifier", &[Topic::Notifications]).await;
-
-    let producer = Arc::clone(&log);
-    tokio::spawn(async move {
-        tokio::time::sleep(Duration::from_millis(50)).await;
-        let notification = record(Topic::Notifications, "account-1", "sent");
-        producer.append(vec![notification]).await.expect("append");
-    });
-    let polled = tokio::time::timeout(PROMPTLY, consumer.poll(10, LONG_WAIT))
-        .await
-        .expect("poll returns before the timeout")
-        .expect("poll succeeds");
-
-    let Polled::Records(records) = polled else {
-        panic!("expected records")
-    };
-    assert_eq!(payloads(&records), vec!["sent"]);
-}
-
-#[tokio::test]
-async fn seek_moves_the_read_position_of_an_owned_partition() {
-    let dir = TempDir::new().expect("temp dir");
-    let log = open(&dir).await;
-    let partition = partition_of(&log, Topic::Events, "account-1");
-    let records = (0..4).map(|i| record(Topic::Events, "account-1", &format!("e{i}")));
-    log.append(records.collect()).await.expect("append");
-
-    let mut consumer = member(&log, "projector", &[Topic::Events]).await;
-    consumer.seek(partition, 2).await.expect("seek");
-    assert_eq!(
-        payloads(&poll_records(consumer.as_mut(), 2).await),
-        vec!["e2", "e3"]
-    );
-
-    let foreign = TopicPartition {
-        topic: Topic::Commands,
-        partition: 0,
-    };
-    assert!(matches!(
-        consumer.seek(foreign, 0).await,
-        Err(LogError::Invalid(_))
-    ));
-}
-
-#[tokio::test]
 async fn polls_share_records_fairly_across_partitions() {
     let dir = TempDir::new().expect("temp dir");
     let log = open(&dir).await;
@@ -460,7 +340,7 @@ async fn polls_share_records_fairly_across_partitions() {
         log.append(records.collect()).await.expect("append");
     }
 
-    let mut consumer = member(&log, "projector", &[Topic::Events]).await;
+    let mut consumer = member(&*log, "projector", &[Topic::Events]).await;
     let polled = consumer.poll(10, LONG_WAIT).await.expect("poll");
 
     let Polled::Records(records) = polled else {
