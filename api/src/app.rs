@@ -155,6 +155,7 @@ async fn open_log(settings: &Settings) -> anyhow::Result<Arc<dyn EventLog>> {
         log_settings.transactional_id_prefix = format!("{}tally-", kafka.topic_prefix);
         log_settings.replication_factor = kafka.replication_factor;
         log_settings.properties = kafka.properties.clone();
+        log_settings.instance_id = kafka.instance_id.clone();
         log_settings.timeouts.session_timeout_ms = kafka.session_timeout_ms;
         // Three heartbeats per session, as Kafka advises.
         log_settings.timeouts.heartbeat_interval_ms = kafka.session_timeout_ms / 3;

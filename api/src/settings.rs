@@ -209,6 +209,13 @@ pub struct KafkaSettings {
         default_value_t = 45_000
     )]
     pub session_timeout_ms: u64,
+
+    /// Names this process within the installation, the same across its restarts (a host
+    /// name or a pod's ordinal). A restarted process then clears what its killed
+    /// predecessor left half-written at once, instead of after the broker's transaction
+    /// timeout. Every process needs its own: two with one id keep fencing each other.
+    #[arg(long = "kafka-instance-id", env = "TALLY_KAFKA_INSTANCE_ID")]
+    pub instance_id: Option<String>,
 }
 
 fn parse_property(text: &str) -> Result<(String, String), String> {

@@ -180,7 +180,12 @@ impl TestApp {
         let base_url = format!("http://127.0.0.1:{port}");
         let (backend_args, database) = match backend {
             Backend::Embedded => (Vec::new(), None),
-            Backend::KafkaMysql => kafka_mysql_args().await?,
+            Backend::KafkaMysql => {
+                let (mut args, database) = kafka_mysql_args().await?;
+                // The same name on every restart, as a production process would have.
+                args.extend(["--kafka-instance-id".to_owned(), "up".to_owned()]);
+                (args, database)
+            }
         };
         let mut app = TestApp {
             base_url,
@@ -589,6 +594,9 @@ impl Deployment {
         if let Some(port) = process.port {
             command.args(["--listen", &format!("127.0.0.1:{port}")]);
         }
+        // Each process keeps its name across restarts, as a production process would.
+        let instance_id = format!("{}-{position}", process.role.command());
+        command.args(["--kafka-instance-id", &instance_id]);
         let child = command
             .arg("--data-dir")
             .arg(process.data_dir.path())

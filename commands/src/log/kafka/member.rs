@@ -26,7 +26,6 @@ use rdkafka::producer::{FutureProducer, Producer};
 use rdkafka::{Offset, TopicPartitionList};
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
-use uuid::Uuid;
 
 use super::context::LogContext;
 use super::errors::{from_kafka, storage};
@@ -431,15 +430,15 @@ impl Drop for CallerGone {
     }
 }
 
-/// Creates the member's transactional producer with a transactional id of its own, and
-/// registers it with the transaction coordinator.
+/// Creates the member's transactional producer and registers it with the transaction
+/// coordinator, which first aborts any transaction an earlier holder of the same
+/// transactional id left open.
 async fn start_transactions(
     shared: &Shared,
     group_id: &str,
 ) -> Result<FutureProducer<LogContext>, LogError> {
     let settings = &shared.settings;
-    let suffix = Uuid::new_v4().simple();
-    let transactional_id = format!("{}{group_id}.{suffix}", settings.transactional_id_prefix);
+    let transactional_id = settings.transactional_id(group_id);
     let producer: FutureProducer<LogContext> =
         config::transactional_producer(settings, &transactional_id)
             .create_with_context(LogContext { role: "member-txn" })

@@ -65,9 +65,17 @@ pub struct KafkaLogSettings {
     pub replication_factor: u16,
     /// Prefix of every client's `client.id`, which names the process in broker logs and quotas.
     pub client_id: String,
-    /// Prefix of every member's `transactional.id`, followed by the group id and a unique
-    /// suffix per member.
+    /// Prefix of every member's `transactional.id`, followed by the group id and the
+    /// instance id (or a random suffix without one).
     pub transactional_id_prefix: String,
+    /// Names this process among the members of its groups and keeps its transactional ids
+    /// the same across restarts. A restarted process then aborts, on its first transaction
+    /// step, whatever its killed predecessor left open, so readers go on at once instead of
+    /// waiting out `transaction.timeout.ms`. Each process of an installation needs its own:
+    /// two processes with one instance id keep fencing each other. Without it every member
+    /// takes a random suffix and a killed member's open transaction holds readers back until
+    /// the broker times it out.
+    pub instance_id: Option<String>,
     /// librdkafka properties passed verbatim to every client, for what the adapter does not
     /// decide itself: `security.protocol`, `sasl.*`, `ssl.*`, or tuning such as `linger.ms`.
     /// Keys in [`PINNED_PROPERTIES`] are refused. Values are never printed.
@@ -87,6 +95,7 @@ impl KafkaLogSettings {
             replication_factor: 1,
             client_id: "tally".to_owned(),
             transactional_id_prefix: "tally-".to_owned(),
+            instance_id: None,
             properties: Vec::new(),
             readers_max: READERS_MAX_DEFAULT,
             timeouts: KafkaTimeouts::default(),
@@ -105,6 +114,9 @@ impl KafkaLogSettings {
             "replication_factor must be at least 1",
         )?;
         require(!self.client_id.is_empty(), "client_id must not be empty")?;
+        if let Some(instance_id) = &self.instance_id {
+            check_instance_id(instance_id)?;
+        }
         require(self.readers_max >= 1, "readers_max must be at least 1")?;
         check_properties(&self.properties)?;
         self.timeouts.validate()?;
@@ -115,6 +127,15 @@ impl KafkaLogSettings {
                 self.partition_count
             ))),
         }
+    }
+
+    /// The `transactional.id` of this process's member of the group `group_id`.
+    pub(super) fn transactional_id(&self, group_id: &str) -> String {
+        let suffix = match &self.instance_id {
+            Some(instance_id) => instance_id.clone(),
+            None => uuid::Uuid::new_v4().simple().to_string(),
+        };
+        format!("{}{group_id}.{suffix}", self.transactional_id_prefix)
     }
 
     /// The consumer group id of `group` in this installation.
@@ -134,6 +155,7 @@ impl fmt::Debug for KafkaLogSettings {
             .field("replication_factor", &self.replication_factor)
             .field("client_id", &self.client_id)
             .field("transactional_id_prefix", &self.transactional_id_prefix)
+            .field("instance_id", &self.instance_id)
             .field("property_keys", &property_keys)
             .field("readers_max", &self.readers_max)
             .field("timeouts", &self.timeouts)
@@ -152,8 +174,10 @@ pub struct KafkaTimeouts {
     /// (`message.timeout.ms`, Java's `delivery.timeout.ms`). Default 30 s.
     pub delivery_timeout_ms: u64,
     /// How long the broker lets a transaction stay open before aborting it
-    /// (`transaction.timeout.ms`). It bounds how long a member that died in the middle of a
-    /// commit holds back read_committed readers of the partitions it wrote. Default 60 s.
+    /// (`transaction.timeout.ms`). Without an instance id it bounds how long a member that
+    /// died in the middle of a commit holds back read_committed readers of the partitions it
+    /// wrote (plus up to the broker's abort check interval, 10 s by default). Every commit
+    /// must finish within it. Default 10 s, as Kafka Streams chooses for exactly-once.
     pub transaction_timeout_ms: u64,
     /// A member whose heartbeats stop this long is removed from its group
     /// (`session.timeout.ms`). The broker refuses values below its
@@ -179,7 +203,7 @@ impl Default for KafkaTimeouts {
         Self {
             request_timeout_ms: 10_000,
             delivery_timeout_ms: 30_000,
-            transaction_timeout_ms: 60_000,
+            transaction_timeout_ms: 10_000,
             session_timeout_ms: 45_000,
             heartbeat_interval_ms: 3_000,
             max_poll_interval_ms: 300_000,
@@ -220,6 +244,21 @@ impl KafkaTimeouts {
             "max_poll_interval_ms must be at least session_timeout_ms",
         )
     }
+}
+
+/// The longest instance id; it ends up in transactional ids and logs.
+pub const INSTANCE_ID_CHARS_MAX: usize = 64;
+
+fn check_instance_id(instance_id: &str) -> Result<(), LogError> {
+    let well_formed = !instance_id.is_empty()
+        && instance_id.len() <= INSTANCE_ID_CHARS_MAX
+        && instance_id
+            .bytes()
+            .all(|byte| byte.is_ascii_alphanumeric() || b"._-".contains(&byte));
+    require(
+        well_formed,
+        "instance_id must have 1 to 64 characters among A-Z, a-z, 0-9, '.', '_' and '-'",
+    )
 }
 
 fn require(condition: bool, message: &str) -> Result<(), LogError> {
@@ -294,6 +333,42 @@ mod tests {
         let mut settings = settings();
         settings.timeouts.heartbeat_interval_ms = settings.timeouts.session_timeout_ms / 2;
         assert!(matches!(settings.validate(), Err(LogError::Invalid(_))));
+    }
+
+    #[test]
+    fn an_instance_id_keeps_transactional_ids_across_restarts() {
+        let mut settings = settings();
+        settings.instance_id = Some("decider-0".to_owned());
+        assert!(settings.validate().is_ok());
+        let id = settings.transactional_id("decider");
+        assert_eq!(id, "tally-decider.decider-0");
+        assert_eq!(settings.transactional_id("decider"), id);
+    }
+
+    #[test]
+    fn without_an_instance_id_every_member_has_its_own_transactional_id() {
+        let settings = settings();
+        assert_ne!(
+            settings.transactional_id("decider"),
+            settings.transactional_id("decider")
+        );
+    }
+
+    #[test]
+    fn a_malformed_instance_id_is_refused() {
+        for instance_id in [
+            "",
+            "has space",
+            "slash/",
+            &"x".repeat(INSTANCE_ID_CHARS_MAX + 1),
+        ] {
+            let mut settings = settings();
+            settings.instance_id = Some(instance_id.to_owned());
+            assert!(
+                matches!(settings.validate(), Err(LogError::Invalid(_))),
+                "{instance_id:?}"
+            );
+        }
     }
 
     #[test]
