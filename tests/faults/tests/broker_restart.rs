@@ -25,7 +25,7 @@ const BROKER_STOP_WAIT: Duration = Duration::from_secs(60);
 const BROKER_START_WAIT: Duration = Duration::from_secs(150);
 
 fn repository() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..")
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..")
 }
 
 /// The broker's pid, from the pid file `deploy/infra.sh` keeps, checked against its command
