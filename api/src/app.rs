@@ -1,9 +1,9 @@
 //! Start-up and shutdown: builds every role from [`Settings`] and runs them in one process.
 //!
-//! `tally up` is this module. The API, the decider, the projector and the processor run as
-//! tasks over one embedded log and one read store. On shutdown the API stops taking requests
-//! and finishes the ones in flight, then each worker commits its current batch and stops, so
-//! nothing the API accepted is lost.
+//! `tally up` is this module. The API, the decider, the projector, the processor and the
+//! notifier run as tasks over one embedded log and one read store. On shutdown the API stops
+//! taking requests and finishes the ones in flight, then each worker commits its current batch
+//! and stops, so nothing the API accepted is lost.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -28,6 +28,7 @@ use tracing::{error, info, warn};
 
 use crate::auth::{self, AuthSettings, AuthState, JwtKeys, Role};
 use crate::routes;
+use crate::senders;
 use crate::settings::{AirtimeProviderKind, Settings};
 use crate::state::AppState;
 
@@ -39,6 +40,7 @@ pub struct Roles {
     pub decider: bool,
     pub projector: bool,
     pub processor: bool,
+    pub notifier: bool,
 }
 
 impl Roles {
@@ -47,12 +49,14 @@ impl Roles {
         decider: true,
         projector: true,
         processor: true,
+        notifier: true,
     };
     pub const NONE: Roles = Roles {
         api: false,
         decider: false,
         projector: false,
         processor: false,
+        notifier: false,
     };
 }
 
@@ -228,6 +232,18 @@ fn spawn_workers(
         let settings = ProcessorSettings::default();
         let processor = tally_processor::run(log.clone(), provider, settings, stopping.clone());
         tasks.spawn(async move { processor.await.context("processor failed") });
+    }
+    if roles.notifier {
+        let notifier = Arc::new(senders::notifier(&settings.notify)?);
+        let notifier_settings = senders::notifier_settings(&settings.notify)?;
+        let notifier = tally_processor::notifier::run(
+            log.clone(),
+            store.clone(),
+            notifier,
+            notifier_settings,
+            stopping.clone(),
+        );
+        tasks.spawn(async move { notifier.await.context("notifier failed") });
     }
     Ok(())
 }

@@ -35,6 +35,9 @@ enum Command {
     /// Runs only the processor, which calls the airtime provider and emits notifications;
     /// scales by partitions.
     Process(Settings),
+    /// Runs only the notifier, which delivers the notifications topic by email and SMS;
+    /// several may run side by side.
+    Notify(Settings),
     /// Measures a Tally (an embedded one unless --url is given) under load.
     Bench(tally_api::bench::BenchSettings),
     /// Manages users.
@@ -108,6 +111,16 @@ async fn main() -> anyhow::Result<()> {
                 settings,
                 Roles {
                     processor: true,
+                    ..Roles::NONE
+                },
+            )
+            .await
+        }
+        Command::Notify(settings) => {
+            run(
+                settings,
+                Roles {
+                    notifier: true,
                     ..Roles::NONE
                 },
             )

@@ -6,6 +6,8 @@ use std::path::{Path, PathBuf};
 
 use clap::{Args, ValueEnum};
 use secrecy::{ExposeSecret as _, SecretString};
+use tally_processor::notifier::settings as notifier_defaults;
+use tally_processor::notify::{SmtpSecurity, sms, smtp};
 use tally_projections::{ProjectionError, ReadStore};
 
 /// Partitions of every topic on a new log. Eight lets up to eight deciders, projectors and
@@ -72,6 +74,9 @@ pub struct Settings {
 
     #[command(flatten)]
     pub bootstrap: BootstrapSettings,
+
+    #[command(flatten)]
+    pub notify: NotifySettings,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
@@ -225,4 +230,154 @@ fn parse_property(text: &str) -> Result<(String, String), String> {
         }
         _ => Err(format!("{text:?} is not KEY=VALUE")),
     }
+}
+
+/// How the notifier delivers: the SMTP server, the SMS provider, a dry-run switch for each,
+/// and the limits of retrying. Both channels are dry runs unless switched off, so `tally up`
+/// needs no mail server or SMS account: dry runs log what they would send and send nothing.
+#[derive(Args, Clone, Debug)]
+pub struct NotifySettings {
+    /// Log emails instead of sending them. `false` needs --smtp-host and --smtp-from.
+    #[arg(long, env = "TALLY_EMAIL_DRY_RUN", default_value_t = true, action = clap::ArgAction::Set)]
+    pub email_dry_run: bool,
+
+    /// The SMTP server's host name; with TLS, the name its certificate must carry.
+    #[arg(long, env = "TALLY_SMTP_HOST")]
+    pub smtp_host: Option<String>,
+
+    /// The SMTP server's port (default: 25, 587 or 465, by --smtp-security).
+    #[arg(long, env = "TALLY_SMTP_PORT")]
+    pub smtp_port: Option<u16>,
+
+    /// How the SMTP connection is protected: starttls, tls (implicit TLS) or none (plain text,
+    /// only for a relay on the same host).
+    #[arg(
+        long,
+        env = "TALLY_SMTP_SECURITY",
+        default_value = "starttls",
+        value_parser = parse_smtp_security
+    )]
+    pub smtp_security: SmtpSecurity,
+
+    /// The SMTP login; without it, mail is sent without logging in.
+    #[arg(long, env = "TALLY_SMTP_USERNAME")]
+    pub smtp_username: Option<String>,
+
+    /// The SMTP password; prefer the environment variable to the flag.
+    #[arg(long, env = "TALLY_SMTP_PASSWORD", hide_env_values = true)]
+    pub smtp_password: Option<SecretString>,
+
+    /// The sender of every email, `Tally <no-reply@example.com>` or a bare address.
+    #[arg(long, env = "TALLY_SMTP_FROM")]
+    pub smtp_from: Option<String>,
+
+    /// How long opening a connection to the SMTP server may take, in milliseconds.
+    #[arg(
+        long,
+        env = "TALLY_SMTP_CONNECT_TIMEOUT_MS",
+        default_value_t = smtp::CONNECT_TIMEOUT_MS_DEFAULT
+    )]
+    pub smtp_connect_timeout_ms: u64,
+
+    /// How long one whole send may take, from connecting to the last reply, in milliseconds.
+    #[arg(
+        long,
+        env = "TALLY_SMTP_SEND_TIMEOUT_MS",
+        default_value_t = smtp::SEND_TIMEOUT_MS_DEFAULT
+    )]
+    pub smtp_send_timeout_ms: u64,
+
+    /// Connections to the SMTP server at once (the pool's size), 1 to 64.
+    #[arg(
+        long,
+        env = "TALLY_SMTP_CONNECTIONS_MAX",
+        default_value_t = smtp::CONNECTIONS_MAX_DEFAULT
+    )]
+    pub smtp_connections_max: u32,
+
+    /// Log text messages instead of sending them. `false` needs --sms-account-sid,
+    /// --sms-auth-token and one of --sms-messaging-service-sid or --sms-from-number.
+    #[arg(long, env = "TALLY_SMS_DRY_RUN", default_value_t = true, action = clap::ArgAction::Set)]
+    pub sms_dry_run: bool,
+
+    /// The root of the SMS provider's Messages API (Twilio's, or one shaped like it).
+    #[arg(long, env = "TALLY_SMS_BASE_URL", default_value = sms::TWILIO_BASE_URL)]
+    pub sms_base_url: String,
+
+    /// The SMS account SID: the basic auth user.
+    #[arg(long, env = "TALLY_SMS_ACCOUNT_SID")]
+    pub sms_account_sid: Option<String>,
+
+    /// The SMS auth token: the basic auth password; prefer the environment variable.
+    #[arg(long, env = "TALLY_SMS_AUTH_TOKEN", hide_env_values = true)]
+    pub sms_auth_token: Option<SecretString>,
+
+    /// The messaging service that sends the texts (it picks the number).
+    #[arg(
+        long,
+        env = "TALLY_SMS_MESSAGING_SERVICE_SID",
+        conflicts_with = "sms_from_number"
+    )]
+    pub sms_messaging_service_sid: Option<String>,
+
+    /// The account's number the texts are sent from, in E.164 form.
+    #[arg(long, env = "TALLY_SMS_FROM_NUMBER")]
+    pub sms_from_number: Option<String>,
+
+    /// How long one call to the SMS provider may take, in milliseconds.
+    #[arg(long, env = "TALLY_SMS_TIMEOUT_MS", default_value_t = sms::TIMEOUT_MS_DEFAULT)]
+    pub sms_timeout_ms: u64,
+
+    /// A folder of notification templates replacing the built-in ones (a complete copy of
+    /// processor/templates).
+    #[arg(long, env = "TALLY_NOTIFY_TEMPLATES_DIR")]
+    pub notify_templates_dir: Option<PathBuf>,
+
+    /// Attempts at a notification whose failures might pass before it is given up as DEAD
+    /// and published on the dead-letter topic.
+    #[arg(
+        long,
+        env = "TALLY_NOTIFY_ATTEMPTS_MAX",
+        default_value_t = notifier_defaults::ATTEMPTS_MAX_DEFAULT
+    )]
+    pub notify_attempts_max: u32,
+
+    /// The ceiling of the first retry's delay, in milliseconds; it doubles with each retry,
+    /// and the delay is drawn at random below it (full jitter).
+    #[arg(
+        long,
+        env = "TALLY_NOTIFY_RETRY_DELAY_MS_MIN",
+        default_value_t = notifier_defaults::RETRY_DELAY_MS_MIN_DEFAULT
+    )]
+    pub notify_retry_delay_ms_min: u64,
+
+    /// The ceiling no retry delay exceeds, in milliseconds.
+    #[arg(
+        long,
+        env = "TALLY_NOTIFY_RETRY_DELAY_MS_MAX",
+        default_value_t = notifier_defaults::RETRY_DELAY_MS_MAX_DEFAULT
+    )]
+    pub notify_retry_delay_ms_max: u64,
+
+    /// How long a notifier holds a notification it is sending, in milliseconds: longer than
+    /// the slowest send, and how long a killed notifier's notifications wait for another.
+    #[arg(
+        long,
+        env = "TALLY_NOTIFY_LEASE_MS",
+        default_value_t = notifier_defaults::LEASE_MS_DEFAULT
+    )]
+    pub notify_lease_ms: u64,
+
+    /// Sends under way at once per notifier process.
+    #[arg(
+        long,
+        env = "TALLY_NOTIFY_SENDS_IN_FLIGHT_MAX",
+        default_value_t = notifier_defaults::SENDS_IN_FLIGHT_MAX_DEFAULT
+    )]
+    pub notify_sends_in_flight_max: usize,
+}
+
+fn parse_smtp_security(text: &str) -> Result<SmtpSecurity, String> {
+    text.parse()
+        .map_err(|error: smtp::SmtpSettingsError| error.to_string())
 }

@@ -28,7 +28,7 @@ const ROOT_ROUTER: Source = Source {
 };
 
 /// Each router the root merges: the expression `routes/mod.rs` merges it by, and its source.
-const MERGED_ROUTERS: [(&str, Source); 4] = [
+const MERGED_ROUTERS: [(&str, Source); 5] = [
     (
         "crate::auth::router()",
         Source {
@@ -48,6 +48,13 @@ const MERGED_ROUTERS: [(&str, Source); 4] = [
         Source {
             name: "api/src/routes/transactions.rs",
             text: include_str!("../src/routes/transactions.rs"),
+        },
+    ),
+    (
+        "notifications::router()",
+        Source {
+            name: "api/src/routes/notifications.rs",
+            text: include_str!("../src/routes/notifications.rs"),
         },
     ),
     (

@@ -99,8 +99,8 @@ fn has_control(text: &str) -> bool {
 }
 
 /// A deliberately plain check: one `@`, a dotted domain, no spaces, quotes or control
-/// characters. Deliverability is the mail server's to judge.
-fn parse_email(email: &str) -> Result<String, ContactError> {
+/// characters. Deliverability is the mail server's to judge. Returns the address trimmed.
+pub fn parse_email(email: &str) -> Result<String, ContactError> {
     let email = email.trim();
     let (local, domain) = email.split_once('@').ok_or(ContactError::InvalidEmail)?;
     let forbidden = |c: char| c.is_control() || c.is_whitespace() || "\"<>,;:()[]\\@".contains(c);

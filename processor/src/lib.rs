@@ -10,16 +10,21 @@
 //!
 //! - [`airtime`]: the airtime provider port, the simulator and the HTTP adapter.
 //! - [`effects`]: what one event asks for, given what is known of its partition (pure).
+//! - [`notifier`]: the notifier role, which delivers the notifications topic through
+//!   [`notify`], each notification once, with retries and a dead-letter topic.
+//! - [`notify`]: templates, rendering, and the email and SMS senders.
 //! - [`state`]: what the processor remembers of each events partition.
 //! - [`retry`]: the endless, backed-off retry of provider calls.
 //! - [`settings`]: the worker's limits, with their defaults.
 //! - [`worker`]: the consume, act and commit loop and its errors.
 //!
 //! What it leaves to others: deciding (the `CompleteAirtime` commands it appends are decided by
-//! the commands crate like any other), delivering notifications (the notifier), the read side.
+//! the commands crate like any other), the read side. The
+//! notifier lives here too but runs as a role of its own, in its own consumer group.
 
 pub mod airtime;
 pub mod effects;
+pub mod notifier;
 pub mod notify;
 pub mod retry;
 pub mod settings;

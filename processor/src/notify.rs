@@ -13,8 +13,8 @@
 //! - [`dry_run`]: senders that log what they would send and send nothing.
 //!
 //! What it leaves to others: consuming the notifications topic, remembering what was sent,
-//! retrying transient failures and giving up on permanent ones (the notification worker, not
-//! written yet). No sender retries by itself: one call is one attempt.
+//! retrying transient failures and giving up on permanent ones ([`crate::notifier`]). No
+//! sender retries by itself: one call is one attempt.
 
 pub mod dry_run;
 pub mod render;

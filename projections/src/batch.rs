@@ -131,7 +131,7 @@ fn decode_item(record: &Record) -> Item {
         Topic::Events => {
             EventEnvelope::from_json(&record.payload).map(|event| Item::Event(Box::new(event)))
         }
-        Topic::Notifications => Ok(Item::Ignored),
+        Topic::Notifications | Topic::DeadLetters => Ok(Item::Ignored),
     };
     decoded.unwrap_or_else(|error| {
         tracing::error!(

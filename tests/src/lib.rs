@@ -28,6 +28,8 @@ pub struct TestApp {
     pub backend: Backend,
     port: u16,
     backend_args: Vec<String>,
+    /// Flags of the test's own, given on every start after the backend's.
+    extra_args: Vec<String>,
     /// Held so that the database lives as long as the app and is dropped after it.
     _database: Option<MysqlDatabase>,
     process: Option<Child>,
@@ -174,6 +176,12 @@ impl TestApp {
 
     /// Starts Tally on `backend`, fresh, and waits until it answers.
     pub async fn spawn_on(backend: Backend) -> Result<TestApp> {
+        TestApp::spawn_with(backend, &[]).await
+    }
+
+    /// Starts Tally on `backend` with flags of the test's own (`--smtp-host`, say), kept for
+    /// every restart.
+    pub async fn spawn_with(backend: Backend, extra_args: &[String]) -> Result<TestApp> {
         let data_dir = tempfile::tempdir()?;
         let port = free_port()?;
         let client = Client::builder().timeout(Duration::from_secs(30)).build()?;
@@ -194,6 +202,7 @@ impl TestApp {
             backend,
             port,
             backend_args,
+            extra_args: extra_args.to_vec(),
             _database: database,
             process: None,
         };
@@ -214,6 +223,7 @@ impl TestApp {
             .arg("--data-dir")
             .arg(self.data_dir.path())
             .args(&self.backend_args)
+            .args(&self.extra_args)
             .env_remove("TALLY_KAFKA_BROKERS")
             .env_remove("TALLY_DATABASE_URL")
             .env("TALLY_LOG", "warn")
@@ -422,6 +432,7 @@ pub enum Role {
     Decide,
     Project,
     Process,
+    Notify,
 }
 
 impl Role {
@@ -431,6 +442,7 @@ impl Role {
             Role::Decide => "decide",
             Role::Project => "project",
             Role::Process => "process",
+            Role::Notify => "notify",
         }
     }
 }
@@ -450,9 +462,9 @@ impl RoleProcess {
 }
 
 /// Tally on Kafka and MariaDB as separate role processes (`tally api`, `decide`, `project`,
-/// `process`) sharing one fresh topic prefix and database, as `docs/kafka-and-mysql.md`
-/// describes. Only API processes listen. Each process writes its log to a file of its own,
-/// which [`Deployment::log_tails`] shows when a test fails.
+/// `process`, `notify`) sharing one fresh topic prefix and database, as
+/// `docs/kafka-and-mysql.md` describes. Only API processes listen. Each process writes its log
+/// to a file of its own, which [`Deployment::log_tails`] shows when a test fails.
 pub struct Deployment {
     pub client: Client,
     processes: Vec<RoleProcess>,
@@ -468,6 +480,11 @@ impl Deployment {
     /// Starts one process per entry of `roles` and waits until every API answers. The APIs
     /// start first, so that one of them creates the topics before the workers subscribe.
     pub async fn spawn(roles: &[Role]) -> Result<Deployment> {
+        Deployment::spawn_with(roles, &[]).await
+    }
+
+    /// Like [`Deployment::spawn`], with flags of the test's own given to every process.
+    pub async fn spawn_with(roles: &[Role], extra_args: &[String]) -> Result<Deployment> {
         let (mut backend_args, database) = kafka_mysql_args().await?;
         // Every API instance must sign and check tokens with the same secret.
         let jwt_secret = format!(
@@ -476,6 +493,7 @@ impl Deployment {
             uuid::Uuid::new_v4().simple()
         );
         backend_args.extend(["--jwt-secret".to_owned(), jwt_secret]);
+        backend_args.extend_from_slice(extra_args);
         let client = Client::builder().timeout(Duration::from_secs(30)).build()?;
         let mut ordered: Vec<Role> = roles.to_vec();
         ordered.sort_by_key(|role| *role != Role::Api);

@@ -2,6 +2,7 @@
 
 mod accounts;
 mod docs;
+mod notifications;
 mod transactions;
 
 use std::time::Duration;
@@ -25,6 +26,7 @@ pub fn router(state: AppState) -> Router {
         .merge(crate::auth::router())
         .merge(accounts::router())
         .merge(transactions::router())
+        .merge(notifications::router())
         .merge(docs::router())
         .route("/health", get(health))
         .fallback(error::not_found)

@@ -40,12 +40,20 @@ pub enum Topic {
     Commands,
     /// Account and transaction events decided by the deciders, keyed by account id.
     Events,
-    /// Notification events emitted by the processor, keyed by account id.
+    /// Notification events emitted by the processor and the API, keyed by account id.
     Notifications,
+    /// Notifications the notifier gave up on after its last attempt, keyed like the
+    /// notification (the account id, or the notification id when there is no account).
+    DeadLetters,
 }
 
 impl Topic {
-    pub const ALL: [Topic; 3] = [Topic::Commands, Topic::Events, Topic::Notifications];
+    pub const ALL: [Topic; 4] = [
+        Topic::Commands,
+        Topic::Events,
+        Topic::Notifications,
+        Topic::DeadLetters,
+    ];
 
     /// The topic's name on the wire and in storage.
     pub fn name(self) -> &'static str {
@@ -53,6 +61,7 @@ impl Topic {
             Topic::Commands => "tally.commands",
             Topic::Events => "tally.events",
             Topic::Notifications => "tally.notifications",
+            Topic::DeadLetters => "tally.notifications.dead",
         }
     }
 }

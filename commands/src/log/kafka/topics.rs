@@ -36,6 +36,7 @@ pub(super) struct TopicNames {
     commands: String,
     events: String,
     notifications: String,
+    dead_letters: String,
 }
 
 impl TopicNames {
@@ -44,6 +45,7 @@ impl TopicNames {
             commands: format!("{prefix}{}", Topic::Commands.name()),
             events: format!("{prefix}{}", Topic::Events.name()),
             notifications: format!("{prefix}{}", Topic::Notifications.name()),
+            dead_letters: format!("{prefix}{}", Topic::DeadLetters.name()),
         }
     }
 
@@ -52,6 +54,7 @@ impl TopicNames {
             Topic::Commands => &self.commands,
             Topic::Events => &self.events,
             Topic::Notifications => &self.notifications,
+            Topic::DeadLetters => &self.dead_letters,
         }
     }
 
