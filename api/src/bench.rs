@@ -2,13 +2,15 @@
 //!
 //! Without `--url` it starts an embedded Tally in a temporary directory and measures that. It
 //! opens `--accounts` accounts, funds each, then submits `--transactions` transactions (half
-//! ADD_MONEY, half SEND_AIRTIME, none of which can fail) from `--concurrency` clients. It
-//! reports the accepted rate, the rate at which transactions became final, and submit-to-final
-//! latency percentiles over a sample, and it checks that every balance ends exactly where the
+//! ADD_MONEY, half SEND_AIRTIME, none of which can fail) from `--concurrency` clients, as fast
+//! as they can or at `--rate` a second. It reports the accepted rate, the rate at which
+//! transactions became final, and submit-to-final latency percentiles over a sample watched
+//! apart from the submitting clients, and it checks that every balance ends exactly where the
 //! accepted requests put it. Speed goals live here, not in tests.
 
 use std::path::PathBuf;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
@@ -16,8 +18,8 @@ use clap::{Args, Parser};
 use reqwest::Client;
 use rust_decimal::Decimal;
 use serde_json::{Value, json};
-use tokio::sync::Mutex;
-use tokio::task::JoinSet;
+use tokio::sync::{Mutex, Semaphore};
+use tokio::task::{JoinHandle, JoinSet};
 
 use crate::app;
 use crate::settings::Settings;
@@ -46,6 +48,14 @@ pub struct BenchSettings {
     /// Measure submit-to-final latency of one transaction in this many.
     #[arg(long, default_value_t = 10)]
     pub sample_every: usize,
+    /// Most sampled transactions watched at once; samples beyond are skipped (and counted),
+    /// so that watching never takes clients away from submitting.
+    #[arg(long, default_value_t = 16)]
+    pub samplers: usize,
+    /// Submit at this many transactions a second, on a fixed schedule, instead of as fast
+    /// as the clients can; latency then counts from each transaction's scheduled time.
+    #[arg(long)]
+    pub rate: Option<u32>,
     /// Data directory of the embedded Tally; a temporary one by default.
     #[arg(long)]
     pub data_dir: Option<PathBuf>,
@@ -68,6 +78,7 @@ struct Tally {
     accepted: usize,
     refused: usize,
     latencies_ms: Vec<f64>,
+    skipped_samples: usize,
 }
 
 pub async fn run(settings: BenchSettings) -> anyhow::Result<()> {
@@ -193,42 +204,76 @@ async fn measure(
     settings: &BenchSettings,
 ) -> anyhow::Result<()> {
     let tally = Arc::new(Mutex::new(Tally::default()));
-    let next = Arc::new(std::sync::atomic::AtomicUsize::new(0));
-    let started = Instant::now();
+    let run = Arc::new(Run {
+        next: AtomicUsize::new(0),
+        started: Instant::now(),
+        samplers: Arc::new(Semaphore::new(settings.samplers.max(1))),
+    });
     let mut clients = JoinSet::new();
     for _ in 0..settings.concurrency.max(1) {
         let (client, url, callers) = (client.clone(), url.to_owned(), callers.to_vec());
-        let (tally, next, settings) = (tally.clone(), next.clone(), settings.clone());
+        let (tally, run, settings) = (tally.clone(), run.clone(), settings.clone());
         clients.spawn(async move {
-            submit_loop(&client, &url, &callers, &settings, &next, &tally).await
+            submit_loop(&client, &url, &callers, &settings, &run, &tally).await
         });
     }
+    let mut watchers = Vec::new();
     while let Some(done) = clients.join_next().await {
-        done??;
+        watchers.extend(done??);
     }
-    let submitted = started.elapsed();
+    let submitted = run.started.elapsed();
+    for watcher in watchers {
+        watcher.await??;
+    }
     settle(client, url, callers, settings.transactions).await?;
-    let settled = started.elapsed();
+    let settled = run.started.elapsed();
     report(&*tally.lock().await, submitted, settled);
     Ok(())
 }
 
+/// What every submitting client shares.
+struct Run {
+    /// The next transaction index to submit.
+    next: AtomicUsize,
+    started: Instant,
+    /// Transactions being watched until final; a sample that finds none free is skipped, so
+    /// watching never slows submitting down.
+    samplers: Arc<Semaphore>,
+}
+
+impl Run {
+    /// When transaction `index` is due: at once without a target rate, else on the rate's
+    /// schedule, so a Tally that falls behind is charged for the queue it builds.
+    fn due(&self, index: usize, rate: Option<u32>) -> Instant {
+        match rate {
+            None => Instant::now(),
+            Some(rate) => {
+                let offset = Duration::from_secs_f64(index as f64 / f64::from(rate.max(1)));
+                self.started + offset
+            }
+        }
+    }
+}
+
+/// Submits transactions until every index is taken, and returns the watchers of those it
+/// sampled.
 async fn submit_loop(
     client: &Client,
     url: &str,
     callers: &[Caller],
     settings: &BenchSettings,
-    next: &std::sync::atomic::AtomicUsize,
-    tally: &Mutex<Tally>,
-) -> anyhow::Result<()> {
-    // Ends when every transaction index has been taken.
+    run: &Run,
+    tally: &Arc<Mutex<Tally>>,
+) -> anyhow::Result<Vec<JoinHandle<anyhow::Result<()>>>> {
+    let mut watchers = Vec::new();
     loop {
-        let index = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let index = run.next.fetch_add(1, Ordering::Relaxed);
         if index >= settings.transactions {
-            return Ok(());
+            return Ok(watchers);
         }
         let caller = &callers[index % callers.len()];
-        let submitted = Instant::now();
+        let due = run.due(index, settings.rate);
+        tokio::time::sleep_until(due.into()).await;
         let response = client
             .post(format!("{url}/transaction"))
             .bearer_auth(&caller.token)
@@ -241,17 +286,30 @@ async fn submit_loop(
         }
         let body: Value = response.json().await?;
         tally.lock().await.accepted += 1;
-        if index.is_multiple_of(settings.sample_every.max(1)) {
-            let id = body["transactionId"]
-                .as_str()
-                .context("no transaction id")?;
-            let latency = wait_final(client, url, caller, id, submitted).await?;
-            tally
-                .lock()
-                .await
-                .latencies_ms
-                .push(latency.as_secs_f64() * 1e3);
+        if !index.is_multiple_of(settings.sample_every.max(1)) {
+            continue;
         }
+        let Ok(permit) = run.samplers.clone().try_acquire_owned() else {
+            tally.lock().await.skipped_samples += 1;
+            continue;
+        };
+        let id = body["transactionId"]
+            .as_str()
+            .context("no transaction id")?
+            .to_owned();
+        let (client, url, caller, tally) = (
+            client.clone(),
+            url.to_owned(),
+            caller.clone(),
+            tally.clone(),
+        );
+        watchers.push(tokio::spawn(async move {
+            let latency = wait_final(&client, &url, &caller, &id, due).await?;
+            drop(permit);
+            let latency_ms = latency.as_secs_f64() * 1e3;
+            tally.lock().await.latencies_ms.push(latency_ms);
+            Ok(())
+        }));
     }
 }
 
@@ -360,5 +418,11 @@ fn report(tally: &Tally, submitted: Duration, settled: Duration) {
         latencies.last().copied().unwrap_or(0.0),
         latencies.len()
     );
+    if tally.skipped_samples > 0 {
+        println!(
+            "samples skipped              {} (every watcher busy)",
+            tally.skipped_samples
+        );
+    }
     println!("balances                     every account exact, no funds held");
 }

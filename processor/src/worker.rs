@@ -430,10 +430,10 @@ fn log_outcome(job: &AirtimeJob, outcome: &AirtimeOutcome) {
     let transaction_id = job.request.transaction_id;
     match outcome {
         AirtimeOutcome::Delivered { provider_reference } => {
-            tracing::info!(%transaction_id, %provider_reference, "airtime delivered");
+            tracing::debug!(%transaction_id, %provider_reference, "airtime delivered");
         }
         AirtimeOutcome::Rejected { provider_code } => {
-            tracing::info!(%transaction_id, %provider_code, "airtime rejected");
+            tracing::debug!(%transaction_id, %provider_code, "airtime rejected");
         }
     }
 }
