@@ -36,4 +36,12 @@ echo "==> cargo build (the tally binary the end-to-end tests run)"
 cargo build --workspace --bins --locked
 
 echo "==> cargo test"
-cargo test --workspace --locked --no-fail-fast
+status=0
+cargo test --workspace --locked --no-fail-fast || status=$?
+
+# After the rest, one binary at a time: the broker restart suite stops the broker every Kafka
+# test shares.
+echo "==> fault suites (roles and the broker killed under load)"
+cargo test -p tally-tests --features fault-suites --locked --test faults || status=$?
+cargo test -p tally-tests --features fault-suites --locked --test broker_restart || status=$?
+exit "$status"

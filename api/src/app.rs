@@ -137,6 +137,36 @@ pub async fn start(settings: Settings, roles: Roles) -> anyhow::Result<RunningAp
     })
 }
 
+/// What `tally replay` measured.
+#[derive(Clone, Copy, Debug)]
+pub struct ReplayReport {
+    pub replayed: tally_projections::Replayed,
+    pub elapsed: std::time::Duration,
+}
+
+/// Rebuilds the read tables in the store `settings` name from the log, then returns. Meant
+/// for an empty database (an audit, a new read replica, a schema change): a store that a live
+/// projector writes must not be replayed into.
+pub async fn replay(settings: Settings) -> anyhow::Result<ReplayReport> {
+    let read_store = settings.read_store().context("invalid --database-url")?;
+    std::fs::create_dir_all(&settings.data_dir).with_context(|| {
+        format!(
+            "cannot create data directory {}",
+            settings.data_dir.display()
+        )
+    })?;
+    let log = open_log(&settings).await?;
+    let store = (read_store.open().await).context("cannot open the read store")?;
+    let started = std::time::Instant::now();
+    let replayed = tally_projections::replay(log.as_ref(), &store, &ProjectorSettings::default())
+        .await
+        .context("replay failed")?;
+    Ok(ReplayReport {
+        replayed,
+        elapsed: started.elapsed(),
+    })
+}
+
 async fn spawn_api(
     tasks: &mut JoinSet<anyhow::Result<()>>,
     settings: &Settings,

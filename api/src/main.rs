@@ -38,6 +38,9 @@ enum Command {
     /// Runs only the notifier, which delivers the notifications topic by email and SMS;
     /// several may run side by side.
     Notify(Settings),
+    /// Rebuilds the read tables of an empty database (--database-url) from the log, prints
+    /// how many records it applied and how fast, and exits.
+    Replay(Settings),
     /// Measures a Tally (an embedded one unless --url is given) under load.
     Bench(tally_api::bench::BenchSettings),
     /// Manages users.
@@ -125,6 +128,19 @@ async fn main() -> anyhow::Result<()> {
                 },
             )
             .await
+        }
+        Command::Replay(settings) => {
+            let report = app::replay(settings).await?;
+            let seconds = report.elapsed.as_secs_f64();
+            let records = report.replayed.records;
+            println!("replayed records   {records}");
+            println!("batches            {}", report.replayed.batches);
+            println!("elapsed            {seconds:.2} s");
+            println!(
+                "rate               {:.0} records/s",
+                records as f64 / seconds.max(1e-9)
+            );
+            Ok(())
         }
         Command::Bench(settings) => tally_api::bench::run(settings).await,
         Command::User(UserCommand::Create {

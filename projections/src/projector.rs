@@ -130,6 +130,66 @@ pub async fn run(
     Ok(())
 }
 
+/// What [`replay`] did.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Replayed {
+    /// Records applied (or skipped as undecodable) by this replay.
+    pub records: u64,
+    /// Batches, each applied in one database transaction with its offsets.
+    pub batches: u64,
+}
+
+/// Rebuilds the read tables from the log: applies every record of every partition the
+/// projector reads, from where the store's offsets stand (the start, in an empty store) to
+/// the end each partition had when the replay reached it, in the same batches and database
+/// transactions the projector uses. A replay cut short resumes where it stopped, and a
+/// projector started on the store afterwards goes on from there.
+///
+/// It reads the log directly, not through the projector's consumer group, so it never takes
+/// partitions from a live projector; it must not write to a store a live projector writes.
+pub async fn replay(
+    log: &dyn EventLog,
+    store: &ReadStore,
+    settings: &ProjectorSettings,
+) -> Result<Replayed, ProjectionError> {
+    settings.validate()?;
+    let stored = store.offsets().await?;
+    let mut replayed = Replayed::default();
+    // Nothing stops a replay half-way but an error; the sender stays alive so that retries
+    // wait out their pauses.
+    let (_never_sent, mut never) = watch::channel(false);
+    for partition in 0..log.partition_count() {
+        // Commands first, so that a transaction shows ACCEPTED before its events move it on,
+        // as it does live.
+        for topic in [Topic::Commands, Topic::Events] {
+            let partition = TopicPartition { topic, partition };
+            let end = log.end_offset(partition).await?;
+            let from = next_offset(&stored, partition);
+            let read = |from: u64| async move {
+                match from < end {
+                    true => log.read(partition, from, settings.batch_records_max).await,
+                    false => Ok(Vec::new()),
+                }
+            };
+            let mut records = read(from).await?;
+            // An empty read means the end, or only transaction markers before it.
+            while let Some(last) = records.last() {
+                let decoded = batch::decode(&records);
+                // The next batch is read while this one is written.
+                let (applied, following) = tokio::join!(
+                    apply(store, &decoded, settings, &mut never),
+                    read(last.offset + 1)
+                );
+                applied?;
+                replayed.records += records.len() as u64;
+                replayed.batches += 1;
+                records = following?;
+            }
+        }
+    }
+    Ok(replayed)
+}
+
 /// Records in the log the projection has not applied yet, over every partition it reads.
 pub async fn lag(log: &dyn EventLog, store: &ReadStore) -> Result<u64, ProjectionError> {
     let stored = store.offsets().await?;

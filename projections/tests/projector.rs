@@ -20,7 +20,7 @@ use tally_domain::{
 use tally_projections::test_support::{TestBackend, TestStore};
 use tally_projections::{
     Backend, Get, Money, ProjectionError, ProjectorSettings, ReadStore, Sql, backend_tests, lag,
-    run, with_pool,
+    replay, run, with_pool,
 };
 use tempfile::TempDir;
 use tokio::sync::watch;
@@ -333,6 +333,7 @@ backend_tests!(
     failures_updates_and_undecodable_records_show_without_stopping_the_projector,
     a_projector_stopped_killed_and_restarted_applies_every_record_exactly_once,
     rebuilding_into_a_fresh_store_from_offset_zero_gives_identical_tables,
+    a_replay_into_an_empty_store_gives_the_tables_the_live_projector_built,
 );
 
 async fn the_read_tables_follow_an_account_through_a_credit_and_an_airtime_send(
@@ -551,4 +552,41 @@ async fn rebuilding_into_a_fresh_store_from_offset_zero_gives_identical_tables(
     let rows = dump(original).await;
     assert!(rows.len() > world.events, "every table should have rows");
     assert_eq!(rows, dump(rebuilt).await);
+}
+
+async fn a_replay_into_an_empty_store_gives_the_tables_the_live_projector_built(
+    backend: TestBackend,
+) {
+    let mut world = World::new(backend).await;
+    for _ in 0..5 {
+        world.busy_account(AccountId::new()).await;
+    }
+    let live_test = world.store().await;
+    let live = live_test.store();
+    let projector = Projector::start(&world.log, live, small_batches(13));
+    caught_up(&world.log, live).await;
+    projector.stop().await;
+
+    let replayed_test = world.store().await;
+    let replayed_store = replayed_test.store();
+    let replayed = replay(world.log.as_ref(), replayed_store, &small_batches(7))
+        .await
+        .unwrap();
+    let appended = u64::try_from(world.events + world.commands).unwrap();
+    assert_eq!(replayed.records, appended);
+    assert!(replayed.batches >= appended / 7);
+    let rows = dump(live).await;
+    assert!(rows.len() > world.events, "every table should have rows");
+    assert_eq!(rows, dump(replayed_store).await);
+
+    // A second replay finds the store at the log's end and applies nothing.
+    let again = replay(
+        world.log.as_ref(),
+        replayed_store,
+        &ProjectorSettings::default(),
+    )
+    .await
+    .unwrap();
+    assert_eq!(again.records, 0);
+    assert_eq!(rows, dump(replayed_store).await);
 }

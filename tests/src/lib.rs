@@ -476,7 +476,99 @@ pub struct Deployment {
 /// The lines of each process's log that [`Deployment::log_tails`] shows.
 const LOG_TAIL_LINES: usize = 15;
 
+/// The read tables a replay must rebuild exactly, offsets included.
+const READ_TABLES: [&str; 5] = [
+    "accounts",
+    "transactions",
+    "statement_lines",
+    "account_events",
+    "projection_offsets",
+];
+
+/// How long the live projector may take to reach what a replay just read.
+const REPLAY_MATCH_WAIT: Duration = Duration::from_secs(60);
+
+/// Every row of the read tables of the database at `url`, as text, in key order.
+async fn read_tables(url: &str) -> Result<Vec<String>> {
+    let mut connection = sqlx::MySqlConnection::connect(url).await?;
+    let mut rows = Vec::new();
+    for table in READ_TABLES {
+        let columns: Vec<String> = sqlx::query_scalar(
+            "SELECT column_name FROM information_schema.columns \
+             WHERE table_schema = DATABASE() AND table_name = ? ORDER BY ordinal_position",
+        )
+        .bind(table)
+        .fetch_all(&mut connection)
+        .await?;
+        let cells: Vec<String> = columns
+            .iter()
+            .map(|column| format!("COALESCE(CAST(`{column}` AS CHAR), 'NULL')"))
+            .collect();
+        let select = format!(
+            "SELECT CONCAT_WS(' | ', '{table}', {}) FROM {table} ORDER BY 1",
+            cells.join(", ")
+        );
+        let table_rows: Vec<String> = sqlx::query_scalar(sqlx::AssertSqlSafe(select))
+            .fetch_all(&mut connection)
+            .await?;
+        rows.extend(table_rows);
+    }
+    Ok(rows)
+}
+
 impl Deployment {
+    /// Replays the log into a fresh database with `tally replay` and checks that its read
+    /// tables equal the live ones row for row, offsets included: everything the projector
+    /// wrote follows from the log alone. Call it once the load has settled.
+    pub async fn assert_read_tables_match_a_replay(&self) -> Result<()> {
+        let live = self._database.as_ref().context("no database")?.url();
+        let fresh = MysqlDatabase::create().await?;
+        let data_dir = tempfile::tempdir()?;
+        let mut args = self.backend_args.clone();
+        let url_at = args
+            .iter()
+            .position(|arg| arg == "--database-url")
+            .context("no --database-url")?;
+        args[url_at + 1] = fresh.url();
+        let output = Command::new(tally_bin()?)
+            .arg("replay")
+            .arg("--data-dir")
+            .arg(data_dir.path())
+            .args(&args)
+            .env_remove("TALLY_KAFKA_BROKERS")
+            .env_remove("TALLY_DATABASE_URL")
+            .env("TALLY_LOG", "warn")
+            .output()
+            .context("cannot run tally replay")?;
+        anyhow::ensure!(
+            output.status.success(),
+            "tally replay failed: {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        let replayed = read_tables(&fresh.url()).await?;
+        anyhow::ensure!(!replayed.is_empty(), "the replay wrote nothing");
+        let started = Instant::now();
+        loop {
+            let current = read_tables(&live).await?;
+            if current == replayed {
+                return Ok(());
+            }
+            if started.elapsed() > REPLAY_MATCH_WAIT {
+                let first_difference = current
+                    .iter()
+                    .zip(&replayed)
+                    .find(|(live, replayed)| live != replayed);
+                bail!(
+                    "live read tables ({} rows) differ from a replay ({} rows); first \
+                     difference: {first_difference:?}",
+                    current.len(),
+                    replayed.len()
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        }
+    }
+
     /// Starts one process per entry of `roles` and waits until every API answers. The APIs
     /// start first, so that one of them creates the topics before the workers subscribe.
     pub async fn spawn(roles: &[Role]) -> Result<Deployment> {

@@ -1,7 +1,8 @@
 //! Faults on the real backends: Tally runs as separate role processes on Kafka and MariaDB
 //! under a mixed load of keyed requests, and workers are killed with SIGKILL at random moments.
 //! Whatever is killed, every accepted transaction ends exactly once, every account's event
-//! stream stays gapless, and every balance is what the accepted requests add up to.
+//! stream stays gapless, every balance is what the accepted requests add up to, and the read
+//! tables equal a replay of the log into an empty database.
 
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
@@ -62,6 +63,7 @@ where
             "processes exited on their own: {crashed:?}"
         );
         load.verify(&accepted).await?;
+        deployment.assert_read_tables_match_a_replay().await?;
         let resends = load.resends.load(Ordering::Relaxed);
         eprintln!(
             "loaded in {loaded:?}, verified in {:?}, {resends} resends",

@@ -1,1 +1,0 @@
-//! The fault suites live in `tests/`; this crate holds no code of its own.
