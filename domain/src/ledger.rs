@@ -101,7 +101,10 @@ pub struct CommandContext {
 
 /// How long after its id was minted a client's retry may still append a transaction's
 /// command again. Past it the API answers a repeat from the read store and appends nothing.
-pub const REPLAY_WINDOW_MS: i64 = 30_000;
+/// It outlasts a first append that failed only after the log's 30 s delivery timeout (a
+/// broker restarting, say) by a minute, so that a retry sent once the log is back still
+/// gets its command appended, while leaving [`FINISHED_RETENTION_MS`] a 30 s margin.
+pub const REPLAY_WINDOW_MS: i64 = 90_000;
 
 /// How long a finished transaction is remembered, counted on the clock of the ids and
 /// commands the stream sees, not on the decider's: a decider that was down does not forget
