@@ -4,8 +4,8 @@
 //! MariaDB, chosen by the database URL given to [`ReadStore::open`]. Queries are written once,
 //! generic over [`crate::Backend`]; [`crate::with_pool!`] is where they meet a concrete pool. SQL
 //! lives in two modules: [`crate::queries`] reads, [`crate::writes`] writes. The same database
-//! also holds the API's own tables (migrations `0002` and `0003`), so opening the store brings
-//! the whole schema up to date.
+//! also holds the API's own tables and the notifier's delivery log (migrations `0002` to
+//! `0004`), so opening the store brings the whole schema up to date.
 
 use std::path::Path;
 use std::str::FromStr;
