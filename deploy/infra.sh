@@ -3,10 +3,16 @@
 #
 #   Apache Kafka 4.4.0 (org.apache.kafka:kafka_2.13 from Maven Central, resolved with mvn into a
 #     classpath folder), KRaft mode, one combined broker+controller, PLAINTEXT 127.0.0.1:9092,
-#     CONTROLLER 127.0.0.1:9093, new transaction protocol (feature transaction.version=2).
+#     SSL 127.0.0.1:9094, CONTROLLER 127.0.0.1:9093, new transaction protocol (feature
+#     transaction.version=2).
 #   MariaDB from Debian's mariadb-server package (10.11 on Debian 12), started without systemd
-#     on 127.0.0.1:3306, with database `tally` and the TEST-ONLY account tally/tally, which may
-#     do anything on `tally` and on every `tally%` database (tests create one per test).
+#     on 127.0.0.1:3306, accepting TLS there, with database `tally` and the TEST-ONLY account
+#     tally/tally, which may do anything on `tally` and on every `tally%` database (tests create
+#     one per test).
+#   A TEST-ONLY private CA and a server certificate for 127.0.0.1 and localhost, made with the
+#     openssl command at first start (in tls/ of the data folder), which both servers present.
+#     Servers started by a version of this script without TLS keep running without it; `up`
+#     then says so, and `down` followed by `up` enables it.
 #
 # Usage: deploy/infra.sh up | down | status | env | verify | kafka-tool CLASS [ARGS...]
 #   up          install what is missing, start what is not running, wait until both answer
@@ -14,7 +20,8 @@
 #   status      print what runs; exit 0 only when both are up
 #   env         print `export ...` lines for eval: eval "$(deploy/infra.sh env)"
 #   verify      prove both work: Kafka transactions (abort, commit, read_committed, exactly-once
-#               read-process-write; deploy/infra/TxnCheck.java) and the tally user over TCP
+#               read-process-write; deploy/infra/TxnCheck.java), the tally user over TCP, and
+#               TLS to both, verified against the private CA
 #   kafka-tool  run a Kafka CLI class on the broker's classpath, for example
 #               deploy/infra.sh kafka-tool org.apache.kafka.tools.TopicCommand \
 #                 --bootstrap-server 127.0.0.1:9092 --list
@@ -22,6 +29,10 @@
 # Everything it keeps (jars, Maven repository, data, logs, PID files) lives under
 # ${TALLY_INFRA_DIR:-$HOME/.cache/tally-infra}. Needs Java 17+ and Maven (installed from Debian
 # when missing and run as root); installing MariaDB needs root.
+#
+# The ports can be moved, to run a second copy beside the first with its own TALLY_INFRA_DIR:
+# TALLY_KAFKA_PORT (9092), TALLY_KAFKA_CONTROLLER_PORT (9093), TALLY_KAFKA_TLS_PORT (9094) and
+# TALLY_MYSQL_PORT (3306). Every subcommand of that copy needs the same variables.
 set -euo pipefail
 SCRIPT_DIR="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd -P)"
 export PATH="$PATH:/usr/sbin:/sbin"    # mariadbd lives in /usr/sbin, absent from some PATHs
@@ -31,12 +42,13 @@ KAFKA_VERSION="${TALLY_KAFKA_VERSION:-4.4.0}"
 LOG4J_VERSION="2.25.5"                 # matches the log4j-core Kafka 4.4.0 depends on
 DEPENDENCY_PLUGIN="org.apache.maven.plugins:maven-dependency-plugin:3.8.1"
 HOST="127.0.0.1"
-KAFKA_PORT=9092
-KAFKA_CONTROLLER_PORT=9093
+KAFKA_PORT="${TALLY_KAFKA_PORT:-9092}"
+KAFKA_CONTROLLER_PORT="${TALLY_KAFKA_CONTROLLER_PORT:-9093}"
+KAFKA_TLS_PORT="${TALLY_KAFKA_TLS_PORT:-9094}"
 KAFKA_HEAP_OPTS="-Xms256m -Xmx512m"
 KAFKA_NUM_PARTITIONS=8
 KAFKA_TRANSACTION_VERSION=2
-MYSQL_PORT=3306
+MYSQL_PORT="${TALLY_MYSQL_PORT:-3306}"
 MYSQL_DB="tally"
 MYSQL_USER="tally"
 MYSQL_PASSWORD="tally"                 # test-only credentials
@@ -46,6 +58,8 @@ KAFKA_READY_TIMEOUT=120                # seconds from start until the broker ans
 KAFKA_TOOL_TIMEOUT=30                  # seconds for one Kafka CLI call
 MYSQL_READY_TIMEOUT=60                 # seconds from start until mariadb-admin ping answers
 STOP_TIMEOUT=60                        # seconds for a clean stop before SIGKILL
+TLS_CA_DAYS=3650                       # validity of the private CA
+TLS_SERVER_DAYS=825                    # validity of the server certificate
 LOCK_TIMEOUT=600                       # seconds to wait for another infra.sh holding the lock
 
 # ---- layout -----------------------------------------------------------------------------------
@@ -66,10 +80,22 @@ MYSQL_DATA="$MYSQL_DIR/data"
 MYSQL_SOCKET="$MYSQL_DIR/mysqld.sock"
 MYSQL_LOG="$LOG_DIR/mariadb.log"
 MYSQL_PID="$RUN_DIR/mariadb.pid"
+MYSQL_TLS="$MYSQL_DIR/tls"             # copies of the server's files mariadbd may read
+TLS_DIR="$INFRA_DIR/tls"
+TLS_CA="$TLS_DIR/ca.pem"
+TLS_CA_KEY="$TLS_DIR/ca-key.pem"
+TLS_CERT="$TLS_DIR/server.pem"
+TLS_KEY="$TLS_DIR/server-key.pem"
+TLS_KEYSTORE="$TLS_DIR/server-keystore.pem" # key then certificate chain, as Kafka's PEM keystore
 LOG_ROTATE_BYTES=$((64 * 1024 * 1024)) # a server log past this size moves to *.old on start
 
 log() { printf '[infra] %s\n' "$*" >&2; }
 die() { printf '[infra] ERROR: %s\n' "$*" >&2; exit 1; }
+
+for port in "$KAFKA_PORT" "$KAFKA_CONTROLLER_PORT" "$KAFKA_TLS_PORT" "$MYSQL_PORT"; do
+    [[ "$port" =~ ^[0-9]+$ ]] && [ "$port" -ge 1 ] && [ "$port" -le 65535 ] \
+        || die "port '$port' is not a number from 1 to 65535"
+done
 
 # ---- small helpers ----------------------------------------------------------------------------
 
@@ -149,6 +175,71 @@ apt_install() {
     fi
 }
 
+# ---- TLS --------------------------------------------------------------------------------------
+
+# Makes the private CA and the server certificate once (RSA 2048, SHA-256). The certificate
+# names 127.0.0.1 (IP) and localhost (DNS), so clients can verify the host they dial. Written
+# to temporary names first, so an interrupted run leaves no half-made set behind.
+tls_ensure() {
+    [ -s "$TLS_CA" ] && [ -s "$TLS_CERT" ] && [ -s "$TLS_KEY" ] && [ -s "$TLS_KEYSTORE" ] \
+        && return 0
+    command -v openssl >/dev/null 2>&1 || apt_install openssl
+    log "making a TEST-ONLY private CA and a certificate for $HOST and localhost in $TLS_DIR"
+    local tmp="$TLS_DIR/.new"
+    rm -rf "$tmp"
+    mkdir -p "$tmp"
+    chmod 700 "$tmp"
+    cat >"$tmp/ca.cnf" <<'EOF'
+[req]
+distinguished_name = dn
+x509_extensions = ca
+prompt = no
+[dn]
+CN = Tally test CA (deploy/infra.sh, not for production)
+[ca]
+basicConstraints = critical, CA:TRUE, pathlen:0
+keyUsage = critical, keyCertSign, cRLSign
+subjectKeyIdentifier = hash
+EOF
+    cat >"$tmp/server.cnf" <<EOF
+basicConstraints = critical, CA:FALSE
+keyUsage = critical, digitalSignature, keyEncipherment
+extendedKeyUsage = serverAuth
+subjectAltName = IP:$HOST, DNS:localhost
+subjectKeyIdentifier = hash
+authorityKeyIdentifier = keyid
+EOF
+    if ! {
+        openssl req -x509 -new -newkey rsa:2048 -sha256 -nodes -days "$TLS_CA_DAYS" \
+            -config "$tmp/ca.cnf" -keyout "$tmp/ca-key.pem" -out "$tmp/ca.pem" \
+            && openssl req -new -newkey rsa:2048 -sha256 -nodes -subj "/CN=$HOST" \
+                -keyout "$tmp/server-key.pem" -out "$tmp/server.csr" \
+            && openssl x509 -req -sha256 -days "$TLS_SERVER_DAYS" -in "$tmp/server.csr" \
+                -CA "$tmp/ca.pem" -CAkey "$tmp/ca-key.pem" -set_serial "0x$(openssl rand -hex 16)" \
+                -extfile "$tmp/server.cnf" -out "$tmp/server.pem" \
+            && openssl verify -CAfile "$tmp/ca.pem" "$tmp/server.pem"
+    } >>"$LOG_DIR/tls.log" 2>&1; then
+        show_log_tail "$LOG_DIR/tls.log"
+        die "could not make the TLS certificates with openssl"
+    fi
+    cat "$tmp/server-key.pem" "$tmp/server.pem" "$tmp/ca.pem" >"$tmp/server-keystore.pem"
+    chmod 600 "$tmp/ca-key.pem" "$tmp/server-key.pem" "$tmp/server-keystore.pem"
+    chmod 644 "$tmp/ca.pem" "$tmp/server.pem"
+    rm -f "$tmp/ca.cnf" "$tmp/server.cnf" "$tmp/server.csr"
+    mv -f "$tmp/ca-key.pem" "$TLS_CA_KEY"
+    mv -f "$tmp/ca.pem" "$TLS_CA"
+    mv -f "$tmp/server-key.pem" "$TLS_KEY"
+    mv -f "$tmp/server.pem" "$TLS_CERT"
+    mv -f "$tmp/server-keystore.pem" "$TLS_KEYSTORE"
+    rmdir "$tmp"
+}
+
+# The advice for a server that an older version of this script started without TLS.
+tls_restart_hint() {
+    log "$1 was started without TLS (by an older deploy/infra.sh); TLS tests will fail until"
+    log "it restarts: deploy/infra.sh down, then deploy/infra.sh up"
+}
+
 # ---- Kafka ------------------------------------------------------------------------------------
 
 kafka_classpath() { echo "$KAFKA_LIBS/*"; }
@@ -216,16 +307,24 @@ kafka_tool() {
 
 kafka_configure() {
     mkdir -p "$KAFKA_CONF" "$KAFKA_DATA"
+    local listeners="PLAINTEXT://$HOST:$KAFKA_PORT,CONTROLLER://$HOST:$KAFKA_CONTROLLER_PORT"
+    listeners="$listeners,SSL://$HOST:$KAFKA_TLS_PORT"
     cat >"$KAFKA_CONF/server.properties" <<EOF
 # Written by deploy/infra.sh: one combined KRaft broker+controller for Tally's tests.
 process.roles=broker,controller
 node.id=1
 controller.quorum.bootstrap.servers=$HOST:$KAFKA_CONTROLLER_PORT
-listeners=PLAINTEXT://$HOST:$KAFKA_PORT,CONTROLLER://$HOST:$KAFKA_CONTROLLER_PORT
-advertised.listeners=PLAINTEXT://$HOST:$KAFKA_PORT
+listeners=$listeners
+advertised.listeners=PLAINTEXT://$HOST:$KAFKA_PORT,SSL://$HOST:$KAFKA_TLS_PORT
 controller.listener.names=CONTROLLER
 inter.broker.listener.name=PLAINTEXT
-listener.security.protocol.map=CONTROLLER:PLAINTEXT,PLAINTEXT:PLAINTEXT
+listener.security.protocol.map=CONTROLLER:PLAINTEXT,PLAINTEXT:PLAINTEXT,SSL:SSL
+# The SSL listener presents the certificate of tls/ (no client certificates asked for).
+ssl.keystore.type=PEM
+ssl.keystore.location=$TLS_KEYSTORE
+ssl.truststore.type=PEM
+ssl.truststore.location=$TLS_CA
+ssl.client.auth=none
 log.dirs=$KAFKA_DATA
 auto.create.topics.enable=false
 num.partitions=$KAFKA_NUM_PARTITIONS
@@ -316,12 +415,17 @@ kafka_ensure_transaction_version() {
 kafka_start() {
     local pid deadline
     if pid="$(running_pid "$KAFKA_PID" kafka.Kafka)"; then
-        port_open "$HOST" "$KAFKA_PORT" && { log "Kafka already running (pid $pid)"; return 0; }
+        if port_open "$HOST" "$KAFKA_PORT"; then
+            log "Kafka already running (pid $pid)"
+            kafka_has_tls "$pid" || tls_restart_hint "Kafka (pid $pid)"
+            return 0
+        fi
         log "Kafka process $pid runs but does not listen yet; waiting for it"
     else
         rm -f "$KAFKA_PID"
         require_free_port "$KAFKA_PORT" Kafka
         require_free_port "$KAFKA_CONTROLLER_PORT" "Kafka's controller"
+        require_free_port "$KAFKA_TLS_PORT" "Kafka's TLS listener"
         kafka_install
         kafka_configure
         kafka_format
@@ -351,7 +455,15 @@ kafka_start() {
         sleep 1
     done
     kafka_ensure_transaction_version
+    kafka_has_tls "$pid" || tls_restart_hint "Kafka (pid $pid)"
     log "Kafka is up (pid $pid, transaction.version=$KAFKA_TRANSACTION_VERSION)"
+}
+
+# Whether the running broker has the SSL listener: its configuration names the TLS port and
+# the port answers. A broker started by an older version of this script has neither.
+kafka_has_tls() {
+    grep -qF "SSL://$HOST:$KAFKA_TLS_PORT" "$KAFKA_CONF/server.properties" 2>/dev/null \
+        && port_open "$HOST" "$KAFKA_TLS_PORT"
 }
 
 # ---- MariaDB ----------------------------------------------------------------------------------
@@ -378,7 +490,7 @@ mysql_run_user() {
 # mariadb-install-db gives the account that runs mariadbd (root, or the caller when not root) a
 # unix_socket login with every privilege: the caller administers through the socket, no password.
 mysql_admin() { mariadb-admin --no-defaults --socket="$MYSQL_SOCKET" --user="$(id -un)" "$@"; }
-mysql_root() { mariadb --no-defaults --socket="$MYSQL_SOCKET" --user="$(id -un)"; }
+mysql_root() { mariadb --no-defaults --socket="$MYSQL_SOCKET" --user="$(id -un)" "$@"; }
 
 mysql_provision() {
     log "ensuring database $MYSQL_DB and TEST-ONLY user $MYSQL_USER/$MYSQL_PASSWORD (all on \`${MYSQL_DB}%\`)"
@@ -396,7 +508,11 @@ EOF
 mysql_start() {
     local pid deadline user
     if pid="$(running_pid "$MYSQL_PID" mariadbd)"; then
-        mysql_admin ping >/dev/null 2>&1 && { log "MariaDB already running (pid $pid)"; return 0; }
+        if mysql_admin ping >/dev/null 2>&1; then
+            log "MariaDB already running (pid $pid)"
+            mysql_has_tls || tls_restart_hint "MariaDB (pid $pid)"
+            return 0
+        fi
         log "MariaDB process $pid runs but does not answer yet; waiting for it"
     else
         rm -f "$MYSQL_PID"
@@ -405,7 +521,10 @@ mysql_start() {
         [ "${#MYSQL_SOCKET}" -lt 100 ] \
             || die "socket path $MYSQL_SOCKET is too long; choose a shorter TALLY_INFRA_DIR"
         user="$(mysql_run_user)"
-        mkdir -p "$MYSQL_DATA"
+        mkdir -p "$MYSQL_DATA" "$MYSQL_TLS"
+        # mariadbd may run as another account than the one owning tls/, so it gets copies.
+        cp -f "$TLS_CA" "$TLS_CERT" "$TLS_KEY" "$MYSQL_TLS/"
+        chmod 600 "$MYSQL_TLS/server-key.pem"
         if [ "$(id -u)" -eq 0 ]; then
             chown -R "$user:" "$MYSQL_DIR"
             if [ "$user" = root ]; then
@@ -428,6 +547,8 @@ mysql_start() {
             --pid-file="$MYSQL_DIR/mariadbd.pid" --skip-name-resolve \
             --character-set-server=utf8mb4 --collation-server=utf8mb4_unicode_ci \
             --max-connections=500 \
+            --ssl-ca="$MYSQL_TLS/ca.pem" --ssl-cert="$MYSQL_TLS/server.pem" \
+            --ssl-key="$MYSQL_TLS/server-key.pem" \
             >>"$MYSQL_LOG" 2>&1 </dev/null 9>&- &
         pid=$!
         echo "$pid" >"$MYSQL_PID"
@@ -446,7 +567,13 @@ mysql_start() {
         sleep 0.5
     done
     mysql_provision || { show_log_tail "$MYSQL_LOG"; die "could not create the tally database and user"; }
+    mysql_has_tls || tls_restart_hint "MariaDB (pid $pid)"
     log "MariaDB is up (pid $pid)"
+}
+
+# Whether the running server accepts TLS (have_ssl is YES only with a usable certificate).
+mysql_has_tls() {
+    [ "$(mysql_root --batch --skip-column-names <<<'SELECT @@have_ssl' 2>/dev/null)" = YES ]
 }
 
 # ---- subcommands ------------------------------------------------------------------------------
@@ -459,6 +586,7 @@ with_lock() {
 cmd_up() {
     local started=$SECONDS
     with_lock
+    tls_ensure
     mysql_start
     kafka_start
     log "infrastructure up in $((SECONDS - started))s; MariaDB user $MYSQL_USER/$MYSQL_PASSWORD is for tests only"
@@ -471,15 +599,20 @@ cmd_down() {
 }
 
 cmd_status() {
-    local pid ok=0
+    local pid tls ok=0
     if pid="$(running_pid "$KAFKA_PID" kafka.Kafka)" && port_open "$HOST" "$KAFKA_PORT"; then
-        echo "kafka:   up   pid $pid, $HOST:$KAFKA_PORT, Kafka $KAFKA_VERSION, data $KAFKA_DATA"
+        tls="TLS $HOST:$KAFKA_TLS_PORT"
+        kafka_has_tls "$pid" || tls="no TLS: restart for it"
+        echo "kafka:   up   pid $pid, $HOST:$KAFKA_PORT, $tls, Kafka $KAFKA_VERSION," \
+            "data $KAFKA_DATA"
     else
         echo "kafka:   down (log: $KAFKA_LOG)"
         ok=1
     fi
     if pid="$(running_pid "$MYSQL_PID" mariadbd)" && mysql_admin ping >/dev/null 2>&1; then
-        echo "mariadb: up   pid $pid, $HOST:$MYSQL_PORT, data $MYSQL_DATA"
+        tls="TLS"
+        mysql_has_tls || tls="no TLS: restart for it"
+        echo "mariadb: up   pid $pid, $HOST:$MYSQL_PORT, $tls, data $MYSQL_DATA"
     else
         echo "mariadb: down (log: $MYSQL_LOG)"
         ok=1
@@ -490,6 +623,8 @@ cmd_status() {
 cmd_env() {
     echo "export TALLY_KAFKA_BROKERS=$HOST:$KAFKA_PORT"
     echo "export TALLY_TEST_MYSQL_URL=mysql://$MYSQL_USER:$MYSQL_PASSWORD@$HOST:$MYSQL_PORT/$MYSQL_DB"
+    echo "export TALLY_KAFKA_TLS_BROKERS=$HOST:$KAFKA_TLS_PORT"
+    echo "export TALLY_TEST_TLS_CA=$TLS_CA"
 }
 
 cmd_verify() {
@@ -513,6 +648,25 @@ EOF
 )" || die "the MariaDB check as $MYSQL_USER failed"
     [ "$answer" = "12345678901234567890.1234" ] || die "MariaDB returned '$answer'"
     echo "MariaDB OK: $MYSQL_USER created, wrote, read and dropped database $db over TCP"
+
+    log "checking TLS against the private CA $TLS_CA"
+    [ -s "$TLS_CA" ] || die "$TLS_CA is missing; run deploy/infra.sh up"
+    local restart="started without TLS? deploy/infra.sh down, then up"
+    if ! timeout 30 openssl s_client -connect "$HOST:$KAFKA_TLS_PORT" -CAfile "$TLS_CA" \
+        -verify_ip "$HOST" -verify_return_error </dev/null >"$LOG_DIR/tls-check.log" 2>&1; then
+        show_log_tail "$LOG_DIR/tls-check.log"
+        die "no verified TLS on Kafka $HOST:$KAFKA_TLS_PORT ($restart)"
+    fi
+    echo "Kafka TLS OK: $HOST:$KAFKA_TLS_PORT presents a certificate the private CA signed"
+    answer="$(MYSQL_PWD="$MYSQL_PASSWORD" timeout 30 mariadb --no-defaults --protocol=TCP \
+        --host="$HOST" --port="$MYSQL_PORT" --user="$MYSQL_USER" --batch --skip-column-names \
+        --ssl-ca="$TLS_CA" --ssl-verify-server-cert \
+        --execute="SHOW SESSION STATUS LIKE 'Ssl_version'" 2>"$LOG_DIR/tls-check.log")" || {
+        show_log_tail "$LOG_DIR/tls-check.log"
+        die "no verified TLS on MariaDB $HOST:$MYSQL_PORT ($restart)"
+    }
+    [[ "$answer" == Ssl_version*TLS* ]] || die "MariaDB's session is not encrypted: '$answer'"
+    echo "MariaDB TLS OK: $MYSQL_USER connected with ${answer##*[[:space:]]}, certificate verified"
 }
 
 cmd_kafka_tool() {

@@ -73,8 +73,19 @@ impl TestStore {
     pub async fn open(backend: TestBackend) -> TestStore {
         let (url, scratch) = match backend {
             TestBackend::Sqlite => sqlite_scratch(),
-            TestBackend::MySql => mysql_scratch().await,
+            TestBackend::MySql => mysql_scratch(&mysql_server_url()).await,
         };
+        Self::open_at(url, scratch).await
+    }
+
+    /// A new, empty store in a new database on the MySQL server `server_url` names, its
+    /// parameters (TLS settings, for example) kept for every connection, the drop's included.
+    pub async fn open_mysql_at(server_url: &str) -> TestStore {
+        let (url, scratch) = mysql_scratch(server_url).await;
+        Self::open_at(url, scratch).await
+    }
+
+    async fn open_at(url: String, scratch: Scratch) -> TestStore {
         let store = ReadStore::open(&url)
             .await
             .unwrap_or_else(|error| panic!("the test store did not open: {error:?}"));
@@ -136,18 +147,23 @@ fn sqlite_scratch() -> (String, Scratch) {
     (url, Scratch::Directory { _kept: directory })
 }
 
-async fn mysql_scratch() -> (String, Scratch) {
-    let server_url = std::env::var(MYSQL_URL_VARIABLE).unwrap_or_else(|_| {
+/// The server `TALLY_TEST_MYSQL_URL` names; panics, saying how to get one, when it is unset.
+pub fn mysql_server_url() -> String {
+    std::env::var(MYSQL_URL_VARIABLE).unwrap_or_else(|_| {
         panic!(
             "{MYSQL_URL_VARIABLE} is not set, so this MySQL test cannot run. Point it at a \
              MySQL or MariaDB server whose user may create databases named tally_test_*: \
              `deploy/infra.sh up`, then `eval \"$(deploy/infra.sh env)\"`"
         )
-    });
+    })
+}
+
+async fn mysql_scratch(server_url: &str) -> (String, Scratch) {
+    let server_url = server_url.to_owned();
     let name = format!("tally_test_{}", Uuid::new_v4().simple());
     let mut server = MySqlConnection::connect(&server_url)
         .await
-        .unwrap_or_else(|error| panic!("cannot reach {MYSQL_URL_VARIABLE}: {error}"));
+        .unwrap_or_else(|error| panic!("cannot reach the MySQL server of the test: {error}"));
     let create = format!("CREATE DATABASE {name} CHARACTER SET utf8mb4 COLLATE utf8mb4_bin");
     server
         .execute(AssertSqlSafe(create))

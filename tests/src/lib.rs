@@ -74,12 +74,17 @@ struct MysqlDatabase {
     name: String,
 }
 
+fn mysql_server_url() -> Result<String> {
+    std::env::var("TALLY_TEST_MYSQL_URL").context(
+        "TALLY_TEST_MYSQL_URL is unset: start MariaDB with deploy/infra.sh up and \
+         eval \"$(deploy/infra.sh env)\"",
+    )
+}
+
 impl MysqlDatabase {
-    async fn create() -> Result<MysqlDatabase> {
-        let server_url = std::env::var("TALLY_TEST_MYSQL_URL").context(
-            "TALLY_TEST_MYSQL_URL is unset: start MariaDB with deploy/infra.sh up and \
-             eval \"$(deploy/infra.sh env)\"",
-        )?;
+    /// A new database on the server `server_url` names; its parameters (TLS settings, say)
+    /// hold for every connection to it, the app's and the drop's included.
+    async fn create(server_url: String) -> Result<MysqlDatabase> {
         let name = format!("tally_e2e_{}", uuid::Uuid::new_v4().simple());
         let mut connection = sqlx::MySqlConnection::connect(&server_url).await?;
         let create = sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}"));
@@ -88,11 +93,15 @@ impl MysqlDatabase {
     }
 
     fn url(&self) -> String {
-        let base = self
-            .server_url
-            .rsplit_once('/')
-            .map_or(self.server_url.as_str(), |(base, _)| base);
-        format!("{base}/{}", self.name)
+        let (server, parameters) = match self.server_url.split_once('?') {
+            Some((server, parameters)) => (server, Some(parameters)),
+            None => (self.server_url.as_str(), None),
+        };
+        let base = server.rsplit_once('/').map_or(server, |(base, _)| base);
+        match parameters {
+            Some(parameters) => format!("{base}/{}?{parameters}", self.name),
+            None => format!("{base}/{}", self.name),
+        }
     }
 }
 
@@ -148,11 +157,77 @@ async fn kafka_mysql_args() -> Result<(Vec<String>, Option<MysqlDatabase>)> {
         "TALLY_KAFKA_BROKERS is unset: start Kafka with deploy/infra.sh up and \
          eval \"$(deploy/infra.sh env)\"",
     )?;
-    let database = MysqlDatabase::create().await?;
+    let database = MysqlDatabase::create(mysql_server_url()?).await?;
     let prefix = format!("e2e-{}-", &uuid::Uuid::new_v4().simple().to_string()[..12]);
     let args = vec![
         "--kafka-brokers".to_owned(),
         brokers,
+        "--kafka-topic-prefix".to_owned(),
+        prefix,
+        "--kafka-session-timeout-ms".to_owned(),
+        KAFKA_SESSION_TIMEOUT_MS.to_owned(),
+        "--database-url".to_owned(),
+        database.url(),
+    ];
+    Ok((args, Some(database)))
+}
+
+const TLS_RESTART_HINT: &str = "servers started by an older deploy/infra.sh have no TLS: \
+                                restart them with deploy/infra.sh down, then deploy/infra.sh up";
+
+/// Flags that put a test app on the broker's TLS listener and a fresh MariaDB database over
+/// TLS, both verified against the private CA: `TALLY_KAFKA_TLS_BROKERS` and
+/// `TALLY_TEST_TLS_CA`, as `deploy/infra.sh env` prints them.
+async fn kafka_mysql_tls_args() -> Result<(Vec<String>, Option<MysqlDatabase>)> {
+    let unset = |name: &str| {
+        format!(
+            "{name} is unset: start Kafka and MariaDB with deploy/infra.sh up and \
+             eval \"$(deploy/infra.sh env)\""
+        )
+    };
+    let brokers = std::env::var("TALLY_KAFKA_TLS_BROKERS")
+        .with_context(|| unset("TALLY_KAFKA_TLS_BROKERS"))?;
+    let ca = std::env::var("TALLY_TEST_TLS_CA").with_context(|| unset("TALLY_TEST_TLS_CA"))?;
+    anyhow::ensure!(
+        std::path::Path::new(&ca).is_file(),
+        "TALLY_TEST_TLS_CA={ca} is not a file: deploy/infra.sh up makes it"
+    );
+    let first = brokers.split(',').next().unwrap_or_default().trim();
+    std::net::TcpStream::connect(first).with_context(|| {
+        format!("nothing listens at TALLY_KAFKA_TLS_BROKERS={brokers}; {TLS_RESTART_HINT}")
+    })?;
+    let server_url = mysql_server_url()?;
+    let mut server = sqlx::MySqlConnection::connect(&server_url).await?;
+    let have_ssl: String = sqlx::query_scalar("SELECT @@have_ssl")
+        .fetch_one(&mut server)
+        .await?;
+    anyhow::ensure!(
+        have_ssl == "YES",
+        "MariaDB at TALLY_TEST_MYSQL_URL does not accept TLS; {TLS_RESTART_HINT}"
+    );
+    let separator = if server_url.contains('?') { '&' } else { '?' };
+    let ca_parameter: String = ca
+        .bytes()
+        .map(|byte| match byte {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'.' | b'_' | b'~' | b'/' => {
+                char::from(byte).to_string()
+            }
+            _ => format!("%{byte:02X}"),
+        })
+        .collect();
+    let tls_url = format!("{server_url}{separator}ssl-mode=verify_identity&ssl-ca={ca_parameter}");
+    let database = MysqlDatabase::create(tls_url).await?;
+    let prefix = format!(
+        "e2e-tls-{}-",
+        &uuid::Uuid::new_v4().simple().to_string()[..12]
+    );
+    let args = vec![
+        "--kafka-brokers".to_owned(),
+        brokers,
+        "--kafka-property".to_owned(),
+        "security.protocol=SSL".to_owned(),
+        "--kafka-property".to_owned(),
+        format!("ssl.ca.location={ca}"),
         "--kafka-topic-prefix".to_owned(),
         prefix,
         "--kafka-session-timeout-ms".to_owned(),
@@ -179,22 +254,36 @@ impl TestApp {
         TestApp::spawn_with(backend, &[]).await
     }
 
+    /// Starts Tally on Kafka and MariaDB, talking TLS to both and verifying their
+    /// certificates against the private CA `deploy/infra.sh` made.
+    pub async fn spawn_over_tls() -> Result<TestApp> {
+        let (args, database) = kafka_mysql_tls_args().await?;
+        TestApp::spawn_from(Backend::KafkaMysql, (args, database), &[]).await
+    }
+
     /// Starts Tally on `backend` with flags of the test's own (`--smtp-host`, say), kept for
     /// every restart.
     pub async fn spawn_with(backend: Backend, extra_args: &[String]) -> Result<TestApp> {
+        let backend_args = match backend {
+            Backend::Embedded => (Vec::new(), None),
+            Backend::KafkaMysql => kafka_mysql_args().await?,
+        };
+        TestApp::spawn_from(backend, backend_args, extra_args).await
+    }
+
+    async fn spawn_from(
+        backend: Backend,
+        (mut backend_args, database): (Vec<String>, Option<MysqlDatabase>),
+        extra_args: &[String],
+    ) -> Result<TestApp> {
         let data_dir = tempfile::tempdir()?;
         let port = free_port()?;
         let client = Client::builder().timeout(Duration::from_secs(30)).build()?;
         let base_url = format!("http://127.0.0.1:{port}");
-        let (backend_args, database) = match backend {
-            Backend::Embedded => (Vec::new(), None),
-            Backend::KafkaMysql => {
-                let (mut args, database) = kafka_mysql_args().await?;
-                // The same name on every restart, as a production process would have.
-                args.extend(["--kafka-instance-id".to_owned(), "up".to_owned()]);
-                (args, database)
-            }
-        };
+        if backend == Backend::KafkaMysql {
+            // The same name on every restart, as a production process would have.
+            backend_args.extend(["--kafka-instance-id".to_owned(), "up".to_owned()]);
+        }
         let mut app = TestApp {
             base_url,
             client,
@@ -522,7 +611,7 @@ impl Deployment {
     /// wrote follows from the log alone. Call it once the load has settled.
     pub async fn assert_read_tables_match_a_replay(&self) -> Result<()> {
         let live = self._database.as_ref().context("no database")?.url();
-        let fresh = MysqlDatabase::create().await?;
+        let fresh = MysqlDatabase::create(mysql_server_url()?).await?;
         let data_dir = tempfile::tempdir()?;
         let mut args = self.backend_args.clone();
         let url_at = args

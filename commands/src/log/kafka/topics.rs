@@ -114,7 +114,11 @@ async fn create_missing(
                 .set("message.timestamp.type", "LogAppendTime")
         })
         .collect();
-    let options = AdminOptions::new().operation_timeout(Some(timeout));
+    // The request timeout bounds a try that reaches no broker at all (an unreachable or
+    // untrusted cluster), which would otherwise wait out librdkafka's `socket.timeout.ms`.
+    let options = AdminOptions::new()
+        .operation_timeout(Some(timeout))
+        .request_timeout(Some(timeout));
 
     let mut backoff = Backoff::new();
     loop {
