@@ -14,10 +14,10 @@ use tally_domain::money::format_at_scale;
 use tally_domain::{
     AccountId, BillingAddress, CommandId, Currency, TransactionId, TransactionStatus,
 };
-use tally_projections::ReadStore;
 use tally_projections::{
     AccountEventRow, AccountView as AccountRow, TransactionView as TransactionRow,
 };
+use tally_projections::{ReadStore, StoredOffset};
 use uuid::Uuid;
 
 use crate::error::ApiError;
@@ -117,6 +117,11 @@ fn rfc3339(at: DateTime<Utc>) -> String {
 
 fn rfc3339_ms(ms: i64) -> String {
     rfc3339(DateTime::<Utc>::from_timestamp_millis(ms).unwrap_or_default())
+}
+
+/// Where the projector stands in each partition it reads.
+pub async fn projected_offsets(store: &ReadStore) -> Result<Vec<StoredOffset>, ApiError> {
+    store.offsets().await.map_err(read_failed)
 }
 
 fn read_failed(error: tally_projections::ProjectionError) -> ApiError {

@@ -3,9 +3,11 @@
 //!
 //! A request made with an `Idempotency-Key` is recorded before its command is appended. A
 //! repeat under the same key finds the record and, if the body matches, appends the same
-//! command again: the decider decides a transaction id once, so the repeat is harmless even
-//! when the first append was lost with a crashed process. Requests without a key are not
-//! recorded here; the projector shows them from the moment their command is in the log.
+//! command again within the replay window: the decider decides a transaction id once, so the
+//! repeat is harmless even when the first append was lost with a crashed process. Past the
+//! window a record whose command is known never to have reached the log is renewed under a
+//! new transaction id ([`renew`]). Requests without a key are not recorded here; the projector
+//! shows them from the moment their command is in the log.
 
 use sha2::{Digest, Sha256};
 use sqlx::Pool;
@@ -125,6 +127,43 @@ fn is_unique_violation(error: &sqlx::Error) -> bool {
         .is_some_and(|database| database.is_unique_violation())
 }
 
+/// Gives the request recorded under `key` a new transaction id and time, if it still holds
+/// `earlier`: for a request whose command is known never to have reached the log, so that it
+/// can be appended afresh. `false` when another request renewed it first.
+pub async fn renew(
+    store: &ReadStore,
+    requested_by: Uuid,
+    key: &str,
+    earlier: TransactionId,
+    renewed: &TransactionRequest,
+) -> Result<bool, ApiError> {
+    let updated = with_pool!(store, pool => {
+        update_id(pool, requested_by, key, earlier, renewed).await
+    })?;
+    Ok(updated == 1)
+}
+
+async fn update_id<DB: Backend>(
+    pool: &Pool<DB>,
+    requested_by: Uuid,
+    key: &str,
+    earlier: TransactionId,
+    renewed: &TransactionRequest,
+) -> Result<u64, sqlx::Error> {
+    Sql::<DB>::new(
+        "UPDATE transaction_requests SET transaction_id = ?, created_at_ms = ? \
+         WHERE requested_by = ? AND idempotency_key = ? AND transaction_id = ?",
+    )
+    .bind(renewed.transaction_id.to_string())
+    .bind(renewed.created_at_ms)
+    .bind(requested_by.to_string())
+    .bind(key.to_owned())
+    .bind(earlier.to_string())
+    .execute(&mut *pool.acquire().await?)
+    .await
+    .map(|result| DB::rows_affected(&result))
+}
+
 /// A `transaction_requests` row as stored.
 struct RequestRow {
     transaction_id: String,
@@ -139,7 +178,7 @@ struct RequestRow {
 const SELECT_REQUEST: &str = "SELECT transaction_id, account_id, transaction_type, amount, \
     currency, phone_number, created_at_ms FROM transaction_requests WHERE ";
 
-async fn by_key(
+pub async fn by_key(
     store: &ReadStore,
     requested_by: Uuid,
     key: &str,

@@ -347,6 +347,32 @@ impl TestApp {
         bail!("tally did not become healthy within {START_WAIT:?}")
     }
 
+    /// Runs one SQL statement on the app's read store (`read.db` in its data directory, or
+    /// its MariaDB database) and returns the rows it changed: for tests that set up a state
+    /// only a crash at an exact moment would otherwise leave behind.
+    pub async fn execute_on_read_store(&self, sql: &str) -> Result<u64> {
+        let statement = sqlx::AssertSqlSafe(sql.to_owned());
+        let changed = match &self._database {
+            Some(database) => {
+                let mut connection = sqlx::MySqlConnection::connect(&database.url()).await?;
+                sqlx::query(statement)
+                    .execute(&mut connection)
+                    .await?
+                    .rows_affected()
+            }
+            None => {
+                let path = self.data_dir.path().join("read.db");
+                let url = format!("sqlite://{}", path.display());
+                let mut connection = sqlx::SqliteConnection::connect(&url).await?;
+                sqlx::query(statement)
+                    .execute(&mut connection)
+                    .await?
+                    .rows_affected()
+            }
+        };
+        Ok(changed)
+    }
+
     /// Kills the process with SIGKILL: no draining, no committing.
     pub fn kill(&mut self) -> Result<()> {
         if let Some(mut child) = self.process.take() {

@@ -11,6 +11,7 @@ use axum::routing::{get, post};
 use axum::{Json, Router};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
+use tally_commands::log::{Topic, TopicPartition};
 use tally_domain::ledger::{AdjustmentDirection, REPLAY_WINDOW_MS};
 use tally_domain::{
     AccountId, Amount, Currency, LedgerCommand, PhoneNumber, TransactionId, TransactionStatus,
@@ -89,14 +90,14 @@ pub(crate) async fn submit_request(
         Some(key) => requests::record(&state.store, &request, requested_by, key).await?,
         None => Recorded::New,
     };
-    let (request, status, replayed) = match recorded {
-        Recorded::New => {
+    let (request, status, replayed) = match (recorded, key.as_deref()) {
+        (Recorded::Repeat(earlier), Some(key)) => {
+            let (request, status) = replay(state, requested_by, key, earlier).await?;
+            (request, status, true)
+        }
+        _ => {
             append(state, requested_by, &request).await?;
             (request, TransactionStatus::Accepted.as_str(), false)
-        }
-        Recorded::Repeat(earlier) => {
-            let status = replay(state, requested_by, &earlier).await?;
-            (earlier, status, true)
         }
     };
     let body = Accepted {
@@ -129,24 +130,78 @@ async fn append(
 }
 
 /// Answers a repeated request. One the read store already shows was decided and is only
-/// reported. Otherwise its command may have been lost with a crashed process, so within the
-/// replay window it is appended again, and the decider, which remembers finished transactions
-/// for longer than that window, decides it once. Past the window the read store must catch up
-/// first: the caller is asked to retry later.
+/// reported. Otherwise its command may have been lost with a crashed process or a failed
+/// append, so within the replay window it is appended again, and the decider, which remembers
+/// finished transactions for longer than that window, decides it once.
+///
+/// Past the window an append again could meet a decider that has forgotten the transaction,
+/// so the command is appended only once it is known never to have reached the log: then the
+/// request is renewed under a new transaction id and appended as new. Until that is known
+/// (the projector has not yet read the commands partition to its end), the caller is asked to
+/// retry later.
 async fn replay(
     state: &AppState,
     requested_by: Uuid,
-    earlier: &TransactionRequest,
-) -> Result<&'static str, ApiError> {
-    if let Some(view) = reads::transaction(&state.store, earlier.transaction_id).await? {
-        return Ok(view.status_str());
+    key: &str,
+    mut earlier: TransactionRequest,
+) -> Result<(TransactionRequest, &'static str), ApiError> {
+    // A second turn at most: when another request renewed the record first, the renewed one
+    // is fresh and inside the window.
+    for _ in 0..2 {
+        if let Some(view) = reads::transaction(&state.store, earlier.transaction_id).await? {
+            return Ok((earlier, view.status_str()));
+        }
+        let now_ms = chrono::Utc::now().timestamp_millis();
+        if now_ms - earlier.created_at_ms <= REPLAY_WINDOW_MS {
+            append(state, requested_by, &earlier).await?;
+            return Ok((earlier, TransactionStatus::Accepted.as_str()));
+        }
+        if !never_logged(state, &earlier).await? {
+            return Err(ApiError::ResultPending { retry_after_s: 1 });
+        }
+        let renewed = TransactionRequest {
+            transaction_id: TransactionId::new(),
+            created_at_ms: now_ms,
+            ..earlier.clone()
+        };
+        let store = &state.store;
+        if requests::renew(store, requested_by, key, earlier.transaction_id, &renewed).await? {
+            tracing::info!(earlier = %earlier.transaction_id, renewed = %renewed.transaction_id,
+                "a keyed request whose command never reached the log is appended afresh");
+            append(state, requested_by, &renewed).await?;
+            return Ok((renewed, TransactionStatus::Accepted.as_str()));
+        }
+        earlier = requests::by_key(store, requested_by, key)
+            .await?
+            .ok_or_else(|| ApiError::internal(anyhow::anyhow!("key vanished")))?;
     }
-    let age_ms = chrono::Utc::now().timestamp_millis() - earlier.created_at_ms;
-    if age_ms > REPLAY_WINDOW_MS {
-        return Err(ApiError::ResultPending { retry_after_s: 1 });
+    Err(ApiError::ResultPending { retry_after_s: 1 })
+}
+
+/// Whether the command of a request recorded longer ago than the replay window is known never
+/// to have reached the log: the projector has read its commands partition to the end, so a
+/// command appended before now would show, and the transaction does not. Past the window no
+/// append of the first attempt can still be under way: the log's delivery timeout is shorter.
+async fn never_logged(state: &AppState, request: &TransactionRequest) -> Result<bool, ApiError> {
+    let partition = TopicPartition {
+        topic: Topic::Commands,
+        partition: state.log.partition_for(&request.account_id.to_string()),
+    };
+    let end = state.log.end_offset(partition).await.map_err(|error| {
+        tracing::warn!(error = %error, "cannot read the end of the commands partition");
+        ApiError::ServiceUnavailable { retry_after_s: 1 }
+    })?;
+    let offsets = reads::projected_offsets(&state.store).await?;
+    let projected = offsets
+        .iter()
+        .find(|offset| offset.topic_partition() == partition)
+        .map_or(0, |offset| offset.next_offset);
+    if projected < end {
+        return Ok(false);
     }
-    append(state, requested_by, earlier).await?;
-    Ok(TransactionStatus::Accepted.as_str())
+    Ok(reads::transaction(&state.store, request.transaction_id)
+        .await?
+        .is_none())
 }
 
 fn command_of(request: &TransactionRequest) -> LedgerCommand {
@@ -297,6 +352,11 @@ async fn find(
         }
         let keyed = requests::by_transaction(&state.store, transaction_id).await?;
         if let Some(request) = keyed {
+            // A request whose command never reached the log was never accepted.
+            let stale = chrono::Utc::now().timestamp_millis() - request.created_at_ms;
+            if stale > REPLAY_WINDOW_MS && never_logged(state, &request).await? {
+                return Ok(None);
+            }
             return Ok(Some(TransactionView::accepted(request)));
         }
         if age_ms(transaction_id).is_none_or(|age| age > ACCEPTED_VISIBLE_WAIT_MS_MAX) {
