@@ -145,9 +145,10 @@ pub struct ReplayReport {
 }
 
 /// Rebuilds the read tables in the store `settings` name from the log, then returns. Meant
-/// for an empty database (an audit, a new read replica, a schema change): a store that a live
-/// projector writes must not be replayed into.
-pub async fn replay(settings: Settings) -> anyhow::Result<ReplayReport> {
+/// for an empty database (an audit, a new read replica, a schema change): one that already
+/// holds projected rows is refused unless `resume` says a replay was cut short there. A store
+/// that a live projector writes must never be replayed into.
+pub async fn replay(settings: Settings, resume: bool) -> anyhow::Result<ReplayReport> {
     let read_store = settings.read_store().context("invalid --database-url")?;
     std::fs::create_dir_all(&settings.data_dir).with_context(|| {
         format!(
@@ -157,6 +158,17 @@ pub async fn replay(settings: Settings) -> anyhow::Result<ReplayReport> {
     })?;
     let log = open_log(&settings).await?;
     let store = (read_store.open().await).context("cannot open the read store")?;
+    let applied = store
+        .offsets()
+        .await
+        .context("cannot read the projection offsets")?;
+    if !applied.is_empty() && !resume {
+        anyhow::bail!(
+            "the read store already holds projected rows ({} partitions applied): replay \
+             rebuilds an empty database; give --resume to go on with a replay cut short",
+            applied.len()
+        );
+    }
     let started = std::time::Instant::now();
     let replayed = tally_projections::replay(log.as_ref(), &store, &ProjectorSettings::default())
         .await

@@ -24,7 +24,8 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Runs the API and every worker in one process on the embedded log and read store.
+    /// Runs the API and every worker in one process: on the embedded log and read store, or
+    /// on Kafka and MySQL when --kafka-brokers and --database-url name them.
     Up(Settings),
     /// Runs only the HTTP API; scale it by adding instances.
     Api(Settings),
@@ -40,12 +41,22 @@ enum Command {
     Notify(Settings),
     /// Rebuilds the read tables of an empty database (--database-url) from the log, prints
     /// how many records it applied and how fast, and exits.
-    Replay(Settings),
+    Replay(ReplayArgs),
     /// Measures a Tally (an embedded one unless --url is given) under load.
     Bench(tally_api::bench::BenchSettings),
     /// Manages users.
     #[command(subcommand)]
     User(UserCommand),
+}
+
+#[derive(clap::Args)]
+struct ReplayArgs {
+    #[command(flatten)]
+    settings: Settings,
+    /// Go on with a replay that was cut short, from where its offsets stand, instead of
+    /// refusing a database that already holds projected rows.
+    #[arg(long)]
+    resume: bool,
 }
 
 #[derive(Subcommand)]
@@ -129,8 +140,8 @@ async fn main() -> anyhow::Result<()> {
             )
             .await
         }
-        Command::Replay(settings) => {
-            let report = app::replay(settings).await?;
+        Command::Replay(ReplayArgs { settings, resume }) => {
+            let report = app::replay(settings, resume).await?;
             let seconds = report.elapsed.as_secs_f64();
             let records = report.replayed.records;
             println!("replayed records   {records}");
