@@ -102,15 +102,7 @@ pub async fn start(settings: Settings, roles: Roles) -> anyhow::Result<RunningAp
     // Checked before anything is created on disk, so a typo leaves no half-made data directory.
     let auth_settings = AuthSettings::new(settings.bcrypt_cost, settings.token_lifetime_s)
         .context("invalid auth settings")?;
-    let read_store = settings.read_store().context("invalid --database-url")?;
-    std::fs::create_dir_all(&settings.data_dir).with_context(|| {
-        format!(
-            "cannot create data directory {}",
-            settings.data_dir.display()
-        )
-    })?;
-    let log = open_log(&settings).await?;
-    let store = (read_store.open().await).context("cannot open the read store")?;
+    let (log, store) = open_stores(&settings).await?;
     let auth = auth_state(&settings, auth_settings, &store)?;
     bootstrap_admin(&settings, &auth).await?;
 
@@ -149,15 +141,7 @@ pub struct ReplayReport {
 /// holds projected rows is refused unless `resume` says a replay was cut short there. A store
 /// that a live projector writes must never be replayed into.
 pub async fn replay(settings: Settings, resume: bool) -> anyhow::Result<ReplayReport> {
-    let read_store = settings.read_store().context("invalid --database-url")?;
-    std::fs::create_dir_all(&settings.data_dir).with_context(|| {
-        format!(
-            "cannot create data directory {}",
-            settings.data_dir.display()
-        )
-    })?;
-    let log = open_log(&settings).await?;
-    let store = (read_store.open().await).context("cannot open the read store")?;
+    let (log, store) = open_stores(&settings).await?;
     let applied = store
         .offsets()
         .await
@@ -177,6 +161,21 @@ pub async fn replay(settings: Settings, resume: bool) -> anyhow::Result<ReplayRe
         replayed,
         elapsed: started.elapsed(),
     })
+}
+
+/// Opens the log and the read store the settings name, creating the data directory first.
+/// The read store's URL is checked before anything is created on disk.
+async fn open_stores(settings: &Settings) -> anyhow::Result<(Arc<dyn EventLog>, ReadStore)> {
+    let read_store = settings.read_store().context("invalid --database-url")?;
+    std::fs::create_dir_all(&settings.data_dir).with_context(|| {
+        format!(
+            "cannot create data directory {}",
+            settings.data_dir.display()
+        )
+    })?;
+    let log = open_log(settings).await?;
+    let store = (read_store.open().await).context("cannot open the read store")?;
+    Ok((log, store))
 }
 
 async fn spawn_api(

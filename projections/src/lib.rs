@@ -29,7 +29,7 @@ mod writes;
 pub use backend::{Backend, Bind, Binds, Executes, Get, Gets};
 pub use error::ProjectionError;
 pub use money::{MONEY_COLUMN_DIGITS, MONEY_COLUMN_SCALE, Money};
-pub use projector::{PROJECTION_NAME, ProjectorSettings, Replayed, lag, replay, run};
+pub use projector::{PROJECTION_NAME, ProjectorSettings, Replayed, lag, next_offset, replay, run};
 pub use queries::{
     ACCOUNT_EVENTS_PAGE_SIZE_MAX, AccountEventRow, AccountView, StoredOffset, TransactionView,
 };

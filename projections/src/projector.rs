@@ -323,7 +323,9 @@ fn check_offsets(
     Ok(())
 }
 
-fn next_offset(stored: &[StoredOffset], partition: TopicPartition) -> u64 {
+/// The next offset the projection applies in `partition`, by the stored offsets: every record
+/// before it is in the tables. 0 for a partition it has not applied from yet.
+pub fn next_offset(stored: &[StoredOffset], partition: TopicPartition) -> u64 {
     stored
         .iter()
         .find(|offset| offset.topic_partition() == partition)

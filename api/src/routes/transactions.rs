@@ -192,11 +192,7 @@ async fn never_logged(state: &AppState, request: &TransactionRequest) -> Result<
         ApiError::ServiceUnavailable { retry_after_s: 1 }
     })?;
     let offsets = reads::projected_offsets(&state.store).await?;
-    let projected = offsets
-        .iter()
-        .find(|offset| offset.topic_partition() == partition)
-        .map_or(0, |offset| offset.next_offset);
-    if projected < end {
+    if tally_projections::next_offset(&offsets, partition) < end {
         return Ok(false);
     }
     Ok(reads::transaction(&state.store, request.transaction_id)
