@@ -11,7 +11,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use chrono::Utc;
-use tally_domain::{AccountId, AccountLedger, CommandContext, EventEnvelope};
+use tally_domain::{AccountId, AccountLedger, CommandContext, EventEnvelope, ledger};
 use tokio::sync::watch;
 use tracing::{debug, error, info, instrument, warn};
 
@@ -142,6 +142,14 @@ async fn decide_batch(
         let Some(command) = decode_command(&record) else {
             continue;
         };
+        if !ledger::admitted(&command.command, record.timestamp_ms) {
+            // Stored after its admission window: the API has stopped waiting for it and may
+            // have renewed its request, so deciding it could apply the request twice.
+            let (partition, offset) = (record.partition, record.offset);
+            let command_id = command.command_id;
+            warn!(partition, offset, %command_id, "command stored too late to be decided");
+            continue;
+        }
         produced.extend(streams.decide(command).await.iter().map(event_record));
     }
     let events = produced.len();

@@ -154,3 +154,74 @@ async fn events_committed_after_the_rebuild_are_applied_before_the_first_decisio
         .expect("decider task")
         .expect("decider ends cleanly");
 }
+
+/// A transaction id minted `age` ago.
+fn transaction_id_minted_ago(age: Duration) -> TransactionId {
+    let minted = std::time::SystemTime::now() - age;
+    let since_epoch = minted
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("after the epoch");
+    let timestamp = uuid::Timestamp::from_unix(
+        uuid::NoContext,
+        since_epoch.as_secs(),
+        since_epoch.subsec_nanos(),
+    );
+    TransactionId(uuid::Uuid::new_v7(timestamp))
+}
+
+#[tokio::test]
+async fn a_transaction_stored_after_its_admission_window_is_not_decided() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let log = SqliteLog::open(SqliteLogSettings::new(dir.path(), 4))
+        .await
+        .expect("open log");
+    let (stop, stopping) = watch::channel(false);
+    let running = tokio::spawn(decider::run(
+        log.clone(),
+        DeciderSettings::default(),
+        stopping,
+    ));
+    let window = Duration::from_millis(
+        u64::try_from(tally_domain::ledger::ADMISSION_WINDOW_MS).expect("positive"),
+    );
+    let with_id = |transaction_id| LedgerCommand::AddMoney {
+        transaction_id,
+        amount: Amount::parse("5", Currency::USD).expect("valid amount"),
+        currency: Currency::USD,
+    };
+    let account_id = AccountId::new();
+    let late = transaction_id_minted_ago(window + Duration::from_secs(5));
+    let in_time = transaction_id_minted_ago(window - Duration::from_secs(5));
+    append(&log, account_id, open_account()).await;
+    append(&log, account_id, with_id(late)).await;
+    append(&log, account_id, with_id(in_time)).await;
+    // Opening takes one event and each decided transaction three; the late one takes none.
+    wait_for_events(&log, account_id, 4).await;
+
+    let partition = log.partition_for(&account_id.to_string());
+    let events = TopicPartition {
+        topic: Topic::Events,
+        partition,
+    };
+    let stored = log.read(events, 0, 100).await.expect("read events");
+    let correlations: Vec<uuid::Uuid> = stored
+        .iter()
+        .map(|record| tally_domain::EventEnvelope::from_json(&record.payload).expect("event"))
+        .map(|event| event.correlation_id)
+        .collect();
+    assert_eq!(
+        correlations.len(),
+        4,
+        "only the transaction stored in time is decided"
+    );
+    assert!(!correlations.contains(&late.0));
+    assert_eq!(correlations[1..], [in_time.0; 3]);
+
+    stop.send(true).expect("decider still listens");
+    let outcome = tokio::time::timeout(WAIT, running)
+        .await
+        .expect("decider stops");
+    outcome
+        .expect("decider task")
+        .expect("decider ends cleanly");
+}

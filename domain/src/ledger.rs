@@ -99,19 +99,61 @@ pub struct CommandContext {
     pub now: DateTime<Utc>,
 }
 
-/// How long after its id was minted a client's retry may still append a transaction's
-/// command again. Past it the API answers a repeat from the read store and appends nothing.
-/// It outlasts a first append that failed only after the log's 30 s delivery timeout (a
-/// broker restarting, say) by a minute, so that a retry sent once the log is back still
-/// gets its command appended, while leaving [`FINISHED_RETENTION_MS`] a 30 s margin.
-pub const REPLAY_WINDOW_MS: i64 = 90_000;
+/// The largest difference Tally tolerates between the clocks of the hosts that mint
+/// transaction ids (the API's) and the clocks of the log (Kafka's brokers). The windows below
+/// are spaced by it, so that each side's rule holds on the other side's clock.
+pub const CLOCK_SKEW_MAX_MS: i64 = 30_000;
+
+/// How long after its id was minted a transaction's command may be appended, first or again
+/// for a client's retry, and the request answered as accepted. Past it the API answers a
+/// repeat from the read store and appends nothing. It outlasts a first append that failed
+/// only after the log's 30 s delivery timeout (a broker restarting, say), so that a retry sent
+/// once the log is back still gets its command appended.
+pub const REPLAY_WINDOW_MS: i64 = 60_000;
+
+/// How long after its id was minted the log may have stored a transaction's first command
+/// for the command to be decided. A command stored later, however it got there (a producer
+/// that held it through a long outage, say), starts nothing: it is refused by the decider
+/// and never shown by the projector, which is what lets the API renew a request whose command
+/// never arrived without the first command ever landing next to the renewal. Every command
+/// the API answered as accepted was stored within [`REPLAY_WINDOW_MS`] of minting on the
+/// API's clock, so within this window on the log's.
+pub const ADMISSION_WINDOW_MS: i64 = REPLAY_WINDOW_MS + CLOCK_SKEW_MAX_MS;
+
+/// The longest a Kafka transaction of another writer may hold the log's last stable offset
+/// back: its `transaction.timeout.ms` (10 s) plus the broker's interval between checks for
+/// transactions that timed out (10 s).
+pub const OPEN_TRANSACTION_MAX_MS: i64 = 20_000;
+
+/// How long after its id was minted a keyed request whose command is not in the log may be
+/// renewed under a new id. By then, on the log's clock, the admission window has closed, and
+/// every command stored within it lies below the end the API compares the projector's
+/// position with, even behind another writer's open transaction.
+pub const RENEWAL_AFTER_MS: i64 = ADMISSION_WINDOW_MS + CLOCK_SKEW_MAX_MS + OPEN_TRANSACTION_MAX_MS;
 
 /// How long a finished transaction is remembered, counted on the clock of the ids and
 /// commands the stream sees, not on the decider's: a decider that was down does not forget
-/// early. Longer than [`REPLAY_WINDOW_MS`] by a margin for clock skew between API instances,
-/// and short enough that at 10,000 transactions a second the ids remembered stay in the tens
-/// of megabytes.
-pub const FINISHED_RETENTION_MS: i64 = 120_000;
+/// early. A repeat of a finished transaction's command is stored within
+/// [`ADMISSION_WINDOW_MS`] of minting or refused, and the stream's clock runs at most
+/// [`CLOCK_SKEW_MAX_MS`] ahead of the log's, so every repeat that is decided is recognized.
+/// At 10,000 transactions a second the ids remembered stay in the tens of megabytes.
+pub const FINISHED_RETENTION_MS: i64 = ADMISSION_WINDOW_MS + CLOCK_SKEW_MAX_MS;
+
+/// Whether a command stored in the log at `logged_at_ms` may be decided: any command but one
+/// that starts a transaction whose id was minted more than [`ADMISSION_WINDOW_MS`] earlier.
+/// The decider and the projector apply the same rule, so a refused command is neither
+/// decided nor shown.
+pub fn admitted(command: &LedgerCommand, logged_at_ms: i64) -> bool {
+    let started = match command {
+        LedgerCommand::AddMoney { transaction_id, .. }
+        | LedgerCommand::SendAirtime { transaction_id, .. }
+        | LedgerCommand::AdjustBalance { transaction_id, .. } => *transaction_id,
+        LedgerCommand::OpenAccount { .. }
+        | LedgerCommand::UpdateAccount { .. }
+        | LedgerCommand::CompleteAirtime { .. } => return true,
+    };
+    minted_ms(started).is_none_or(|minted| logged_at_ms - minted <= ADMISSION_WINDOW_MS)
+}
 
 /// The state of one account's stream.
 #[derive(Clone, Debug)]

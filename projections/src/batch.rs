@@ -13,7 +13,7 @@ use chrono::{DateTime, Utc};
 use rust_decimal::Decimal;
 use tally_commands::log::{Record, Topic, TopicPartition};
 use tally_commands::message::CommandEnvelope;
-use tally_domain::ledger::AdjustmentDirection;
+use tally_domain::ledger::{self, AdjustmentDirection};
 use tally_domain::{
     AccountEvent, AccountId, AccountInfo, BillingAddress, CommandId, Currency, EventEnvelope,
     LedgerCommand, LedgerEvent, TransactionEvent, TransactionId, TransactionStatus,
@@ -127,7 +127,8 @@ pub(crate) fn decode(records: &[Record]) -> Vec<Decoded> {
 
 fn decode_item(record: &Record) -> Item {
     let decoded = match record.topic {
-        Topic::Commands => CommandEnvelope::from_json(&record.payload).map(accepted),
+        Topic::Commands => CommandEnvelope::from_json(&record.payload)
+            .map(|envelope| accepted(envelope, record.timestamp_ms)),
         Topic::Events => {
             EventEnvelope::from_json(&record.payload).map(|event| Item::Event(Box::new(event)))
         }
@@ -145,8 +146,12 @@ fn decode_item(record: &Record) -> Item {
     })
 }
 
-/// The ACCEPTED row of a command that starts a transaction.
-fn accepted(envelope: CommandEnvelope) -> Item {
+/// The ACCEPTED row of a command that starts a transaction, unless the log stored it too late
+/// for the decider to decide it.
+fn accepted(envelope: CommandEnvelope, logged_at_ms: i64) -> Item {
+    if !ledger::admitted(&envelope.command, logged_at_ms) {
+        return Item::Ignored;
+    }
     let (transaction_id, transaction_type, amount, currency, phone_number) = match envelope.command
     {
         LedgerCommand::AddMoney {
@@ -902,6 +907,21 @@ mod tests {
         let changes = fold_records(&[record], Loaded::default()).unwrap();
 
         assert!(changes.transactions.is_empty() && changes.accounts.is_empty());
+        assert_eq!(changes.offsets[0].next_offset, 1);
+    }
+
+    #[tokio::test]
+    async fn a_command_stored_after_its_admission_window_shows_no_transaction() {
+        let mut stream = Stream::new(1);
+        let transaction_id = TransactionId::new();
+        let (_, mut record) = stream.command(add_money(transaction_id, "5"));
+        // The id was minted just now; the log stored its command a second too late.
+        let window = tally_domain::ledger::ADMISSION_WINDOW_MS;
+        record.timestamp_ms = chrono::Utc::now().timestamp_millis() + window + 1_000;
+
+        let changes = fold_records(&[record], Loaded::default()).unwrap();
+
+        assert!(changes.transactions.is_empty());
         assert_eq!(changes.offsets[0].next_offset, 1);
     }
 

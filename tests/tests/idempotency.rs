@@ -10,8 +10,8 @@ use reqwest::Method;
 use serde_json::Value;
 use tally_tests::{Backend, TestApp, add_money, on_both_backends, username};
 
-/// Longer ago than the replay window.
-const STALE_MS: i64 = 120_000;
+/// Longer ago than the delay after which a request whose command never arrived is renewed.
+const STALE_MS: i64 = tally_domain::ledger::RENEWAL_AFTER_MS + 10_000;
 
 async fn a_key_whose_command_never_reached_the_log_is_applied_once_when_repeated(
     backend: Backend,

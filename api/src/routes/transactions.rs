@@ -12,7 +12,7 @@ use axum::{Json, Router};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use tally_commands::log::{Topic, TopicPartition};
-use tally_domain::ledger::{AdjustmentDirection, REPLAY_WINDOW_MS};
+use tally_domain::ledger::{AdjustmentDirection, RENEWAL_AFTER_MS, REPLAY_WINDOW_MS};
 use tally_domain::{
     AccountId, Amount, Currency, LedgerCommand, PhoneNumber, TransactionId, TransactionStatus,
     TransactionType,
@@ -117,6 +117,9 @@ pub(crate) async fn submit_request(
     Ok(response)
 }
 
+/// Appends a request's command. An append that completes only after the replay window is not
+/// answered as accepted: the log may have stored the command past its admission window, and
+/// then it is never decided. The caller learns the outcome by asking again.
 async fn append(
     state: &AppState,
     requested_by: Uuid,
@@ -126,6 +129,12 @@ async fn append(
     state
         .append_command(request.account_id, requested_by, command)
         .await?;
+    let age_ms = chrono::Utc::now().timestamp_millis() - request.created_at_ms;
+    if age_ms > REPLAY_WINDOW_MS {
+        tracing::warn!(transaction_id = %request.transaction_id, age_ms,
+            "an append completed after the replay window; not answered as accepted");
+        return Err(ApiError::ResultPending { retry_after_s: 1 });
+    }
     Ok(())
 }
 
@@ -135,10 +144,10 @@ async fn append(
 /// finished transactions for longer than that window, decides it once.
 ///
 /// Past the window an append again could meet a decider that has forgotten the transaction,
-/// so the command is appended only once it is known never to have reached the log: then the
-/// request is renewed under a new transaction id and appended as new. Until that is known
-/// (the projector has not yet read the commands partition to its end), the caller is asked to
-/// retry later.
+/// so nothing is appended until the first command can no longer be decided (its admission
+/// window has closed) and is known never to have been stored in time: then the request is
+/// renewed under a new transaction id and appended as new. Until both hold, the caller is
+/// asked to retry later.
 async fn replay(
     state: &AppState,
     requested_by: Uuid,
@@ -156,7 +165,9 @@ async fn replay(
             append(state, requested_by, &earlier).await?;
             return Ok((earlier, TransactionStatus::Accepted.as_str()));
         }
-        if !never_logged(state, &earlier).await? {
+        if now_ms - earlier.created_at_ms <= RENEWAL_AFTER_MS
+            || !never_logged(state, &earlier).await?
+        {
             return Err(ApiError::ResultPending { retry_after_s: 1 });
         }
         let renewed = TransactionRequest {
@@ -178,10 +189,10 @@ async fn replay(
     Err(ApiError::ResultPending { retry_after_s: 1 })
 }
 
-/// Whether the command of a request recorded longer ago than the replay window is known never
-/// to have reached the log: the projector has read its commands partition to the end, so a
-/// command appended before now would show, and the transaction does not. Past the window no
-/// append of the first attempt can still be under way: the log's delivery timeout is shorter.
+/// Whether the command of a request older than [`RENEWAL_AFTER_MS`] was never stored in time to
+/// be decided: the projector has read its commands partition to the end, so a command stored
+/// within its admission window would show, and the transaction does not. A command the log
+/// stores from now on is refused by the decider and hidden by the projector.
 async fn never_logged(state: &AppState, request: &TransactionRequest) -> Result<bool, ApiError> {
     let partition = TopicPartition {
         topic: Topic::Commands,
@@ -350,7 +361,7 @@ async fn find(
         if let Some(request) = keyed {
             // A request whose command never reached the log was never accepted.
             let stale = chrono::Utc::now().timestamp_millis() - request.created_at_ms;
-            if stale > REPLAY_WINDOW_MS && never_logged(state, &request).await? {
+            if stale > RENEWAL_AFTER_MS && never_logged(state, &request).await? {
                 return Ok(None);
             }
             return Ok(Some(TransactionView::accepted(request)));

@@ -21,10 +21,12 @@ use crate::log::{LogError, Topic};
 /// The topic configuration every Tally topic is created with, and checked for when it exists.
 /// `message.timestamp.type=LogAppendTime` makes a record's timestamp the time the log stored it,
 /// which is what the port's `Record::timestamp_ms` means.
-const REQUIRED_CONFIG: [(&str, &str); 3] = [
+/// The decider's admission rule (`tally_domain::ledger::admitted`) rests on that meaning.
+const REQUIRED_CONFIG: [(&str, &str); 4] = [
     ("cleanup.policy", "delete"),
     ("retention.ms", "-1"),
     ("retention.bytes", "-1"),
+    ("message.timestamp.type", "LogAppendTime"),
 ];
 
 /// With this many replicas or more, topics are created with `min.insync.replicas=2`.
@@ -109,9 +111,7 @@ async fn create_missing(
             for (key, value) in REQUIRED_CONFIG {
                 new_topic = new_topic.set(key, value);
             }
-            new_topic
-                .set("min.insync.replicas", in_sync)
-                .set("message.timestamp.type", "LogAppendTime")
+            new_topic.set("min.insync.replicas", in_sync)
         })
         .collect();
     // The request timeout bounds a try that reaches no broker at all (an unreachable or
