@@ -144,7 +144,9 @@ impl Worker {
             match self.step(wait).await {
                 Ok(BatchEnd::Stopped) => break,
                 Ok(_) => {}
-                Err(ProcessorError::Log(LogError::Fenced)) => self.rejoin().await?,
+                Err(ProcessorError::Log(error)) if member_replaceable(&error) => {
+                    self.rejoin(&error).await?;
+                }
                 Err(error) => return Err(error),
             }
         }
@@ -168,15 +170,32 @@ impl Worker {
     }
 
     /// A fenced member wrote nothing: its partitions went to another member (after a stall,
-    /// say). It joins the group again as a new member, from empty state; whatever partitions
-    /// it is given are rebuilt from the log as their first events arrive.
-    async fn rejoin(&mut self) -> Result<(), ProcessorError> {
-        tracing::warn!(group = GROUP, "processor lost its membership; rejoining");
-        tokio::time::sleep(REJOIN_DELAY).await;
+    /// say). A member whose log client failed for good (a broker restart can leave a
+    /// transactional producer unusable) committed nothing since its last commit. Either way
+    /// it joins the group again as a new member, from empty state; whatever partitions it is
+    /// given are rebuilt from the log as their first events arrive. Joining is tried until it
+    /// succeeds or shutdown comes: the log may still be coming back.
+    async fn rejoin(&mut self, cause: &LogError) -> Result<(), ProcessorError> {
+        tracing::warn!(group = GROUP, error = %cause, "processor lost its membership; rejoining");
         self.states.clear();
-        let consumer = self.log.consumer(GROUP, &[Topic::Events]).await;
-        self.consumer = consumer.map_err(ProcessorError::Log)?;
-        Ok(())
+        // Endless while the log refuses to let the member join, which it does only while the
+        // cluster is unreachable; shutdown ends it.
+        loop {
+            tokio::time::sleep(REJOIN_DELAY).await;
+            match self.log.consumer(GROUP, &[Topic::Events]).await {
+                Ok(consumer) => {
+                    self.consumer = consumer;
+                    return Ok(());
+                }
+                Err(error) if member_replaceable(&error) => {
+                    if shutdown::is_requested(&self.shutdown) {
+                        return Ok(());
+                    }
+                    tracing::warn!(group = GROUP, %error, "cannot join the group yet; retrying");
+                }
+                Err(error) => return Err(ProcessorError::Log(error)),
+            }
+        }
     }
 
     /// Starts every assigned partition from an empty state; the first event handled in it
@@ -436,6 +455,13 @@ fn log_outcome(job: &AirtimeJob, outcome: &AirtimeOutcome) {
             tracing::debug!(%transaction_id, %provider_code, "airtime rejected");
         }
     }
+}
+
+/// Whether a log failure ends only this member, so that a new one may carry on: fenced, or a
+/// failure of the log's storage (the cluster), which may pass. A refused request or a locked
+/// log ends the processor.
+fn member_replaceable(error: &LogError) -> bool {
+    matches!(error, LogError::Fenced | LogError::Storage(_))
 }
 
 #[cfg(test)]

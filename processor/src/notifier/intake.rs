@@ -53,15 +53,35 @@ pub(super) async fn run(
         };
         match result {
             Ok(()) => {}
-            Err(LogError::Fenced) => {
-                tracing::warn!(group = GROUP, "notifier lost its membership; rejoining");
-                tokio::time::sleep(REJOIN_DELAY).await;
-                consumer = join(&*log).await?;
+            // Fenced, or its client failed for good (as a broker restart can leave it): a new
+            // member carries on from the committed offsets.
+            Err(error @ (LogError::Fenced | LogError::Storage(_))) => {
+                tracing::warn!(group = GROUP, %error, "notifier lost its membership; rejoining");
+                consumer = rejoin(&*log, &shutdown).await?;
             }
             Err(error) => return Err(NotifierError::Log(error)),
         }
     }
     Ok(())
+}
+
+/// Joins the group again, trying until it succeeds or shutdown comes: the log may still be
+/// coming back.
+async fn rejoin(
+    log: &dyn EventLog,
+    shutdown: &watch::Receiver<bool>,
+) -> Result<Box<dyn Consumer>, NotifierError> {
+    // Endless while the cluster is unreachable; shutdown ends it with the last failure.
+    loop {
+        tokio::time::sleep(REJOIN_DELAY).await;
+        match log.consumer(GROUP, &[Topic::Notifications]).await {
+            Ok(consumer) => return Ok(consumer),
+            Err(error @ LogError::Storage(_)) if !shutdown::is_requested(shutdown) => {
+                tracing::warn!(group = GROUP, %error, "cannot join the group yet; retrying");
+            }
+            Err(error) => return Err(NotifierError::Log(error)),
+        }
+    }
 }
 
 async fn join(log: &dyn EventLog) -> Result<Box<dyn Consumer>, NotifierError> {
