@@ -2,7 +2,8 @@
 //! librdkafka (the `rdkafka` crate).
 //!
 //! What it owns: the three topics under a prefix (created at start-up, see `topics`), the
-//! configuration of every client it creates (`config`), one idempotent producer for `append`,
+//! configuration of every client it creates (`config`), one idempotent producer for `append`
+//! (`append`: bounded in time, and replaced when it stops acknowledging),
 //! a pool of read_committed readers for `read` and `end_offset` (`reader`), and for each
 //! group member a consumer and a transactional producer of its own (`member`, `transaction`).
 //!
@@ -30,6 +31,7 @@
 //! is built into the binary by rdkafka's `ssl-vendored` feature), and SASL PLAIN, SCRAM or
 //! OAUTHBEARER with `sasl.*`. GSSAPI (Kerberos) is not built in: it needs Cyrus SASL.
 
+mod append;
 mod config;
 mod context;
 mod errors;
@@ -47,6 +49,8 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use rdkafka::producer::{FutureProducer, Producer as _};
+
+use append::AppendProducer;
 
 pub use member::KafkaConsumer;
 pub use settings::{
@@ -83,7 +87,7 @@ struct Shared {
     settings: KafkaLogSettings,
     partition_count: NonZeroU32,
     names: TopicNames,
-    producer: FutureProducer<LogContext>,
+    producer: AppendProducer,
     readers: Arc<ReaderPool>,
 }
 
@@ -99,11 +103,9 @@ impl KafkaLog {
         let names = TopicNames::new(&settings.topic_prefix);
         topics::ensure(&settings, &names).await?;
 
-        let producer = config::append_producer(&settings)
-            .create_with_context(LogContext { role: "append" })
-            .map_err(from_kafka)?;
+        let producer = AppendProducer::new(config::append_producer(&settings))?;
         let request_timeout = Duration::from_millis(settings.timeouts.request_timeout_ms);
-        warm_up(&producer, &names, request_timeout).await?;
+        warm_up(&producer.current().producer, &names, request_timeout).await?;
         let read_timeouts = ReadTimeouts {
             request: Duration::from_millis(settings.timeouts.request_timeout_ms),
             read: Duration::from_millis(settings.timeouts.read_timeout_ms),
@@ -191,18 +193,36 @@ impl EventLog for KafkaLog {
             return Ok(Vec::new());
         }
         let shared = &self.shared;
-        let queue_wait = Duration::from_millis(shared.settings.timeouts.delivery_timeout_ms);
+        let timeouts = &shared.settings.timeouts;
+        let queue_wait = Duration::from_millis(timeouts.delivery_timeout_ms);
+        let deadline =
+            append::append_deadline(timeouts.delivery_timeout_ms, timeouts.request_timeout_ms);
+        let generation = shared.producer.current();
         let sent = produce::send_all(
-            &shared.producer,
+            &generation.producer,
             &shared.names,
             shared.partition_count,
             &records,
             queue_wait,
         );
-        sent.await.map_err(|error| {
-            tracing::warn!(records = records.len(), %error, "append failed");
-            from_kafka(error)
-        })
+        match tokio::time::timeout(deadline, sent).await {
+            Ok(Ok(positions)) => Ok(positions),
+            Ok(Err(error)) => {
+                tracing::warn!(records = records.len(), %error, "append failed");
+                Err(from_kafka(error))
+            }
+            Err(_elapsed) => {
+                tracing::warn!(
+                    records = records.len(),
+                    waited_ms = deadline.as_millis(),
+                    "append not acknowledged within the delivery timeout"
+                );
+                shared.producer.replace(generation.number)?;
+                Err(errors::storage(
+                    "the append was not acknowledged within the delivery timeout",
+                ))
+            }
+        }
     }
 
     async fn read(
