@@ -10,6 +10,7 @@ use std::sync::{PoisonError, RwLock};
 use chrono::{DateTime, SecondsFormat, Utc};
 use serde::Serialize;
 use serde_json::Value;
+use tally_commands::log::Topic;
 use tally_domain::money::format_at_scale;
 use tally_domain::{
     AccountId, BillingAddress, CommandId, Currency, TransactionId, TransactionStatus,
@@ -17,7 +18,7 @@ use tally_domain::{
 use tally_projections::{
     AccountEventRow, AccountView as AccountRow, TransactionView as TransactionRow,
 };
-use tally_projections::{ReadStore, StoredOffset};
+use tally_projections::{AsOf, ReadStore, StoredOffset};
 use uuid::Uuid;
 
 use crate::error::ApiError;
@@ -266,6 +267,69 @@ pub async fn account_events(
         .map_err(read_failed)?;
     let last = rows.last().map(|row| row.sequence);
     Ok((rows.into_iter().map(event_json).collect(), last))
+}
+
+/// One page of a transaction's events after `after_sequence`, and the last sequence returned.
+pub async fn transaction_events(
+    store: &ReadStore,
+    transaction_id: TransactionId,
+    after_sequence: u64,
+    limit: u32,
+) -> Result<(Vec<Value>, Option<u64>), ApiError> {
+    let rows = store
+        .transaction_events(transaction_id, after_sequence, limit)
+        .await
+        .map_err(read_failed)?;
+    let last = rows.last().map(|row| row.sequence);
+    Ok((rows.into_iter().map(event_json).collect(), last))
+}
+
+/// An account's balances as they stood at a moment, computed from its events.
+#[derive(Clone, Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct PointInTimeView {
+    #[serde(flatten)]
+    pub balance: BalanceView,
+    /// The moment asked for, as given.
+    pub as_of: String,
+    /// The last event the balances include.
+    pub last_event: Value,
+}
+
+/// The account's balances once the events up to `as_of` were applied; `None` when it was not
+/// open by then.
+pub async fn balance_as_of(
+    store: &ReadStore,
+    account_id: AccountId,
+    as_of: AsOf,
+    as_given: String,
+) -> Result<Option<PointInTimeView>, ApiError> {
+    let folded = store
+        .balance_as_of(account_id, as_of)
+        .await
+        .map_err(read_failed)?;
+    Ok(folded.map(|folded| {
+        let currency = folded.currency;
+        let last = folded.last_event;
+        PointInTimeView {
+            balance: BalanceView {
+                account_balance: format_at_scale(folded.balance, currency),
+                available_balance: format_at_scale(folded.available, currency),
+                held_balance: format_at_scale(folded.held, currency),
+                currency_code: currency.code().to_owned(),
+            },
+            as_of: as_given,
+            last_event: serde_json::json!({
+                "sequence": last.sequence,
+                "occurredAt": rfc3339(last.occurred_at),
+                "log": {
+                    "topic": Topic::Events.name(),
+                    "partition": last.log_partition,
+                    "offset": last.log_offset,
+                },
+            }),
+        }
+    }))
 }
 
 fn event_json(row: AccountEventRow) -> Value {

@@ -15,6 +15,7 @@
 mod backend;
 mod batch;
 mod error;
+mod history;
 mod money;
 mod projector;
 mod queries;
@@ -28,6 +29,7 @@ mod writes;
 
 pub use backend::{Backend, Bind, Binds, Executes, Get, Gets};
 pub use error::ProjectionError;
+pub use history::{AppliedEvent, AsOf, PointInTimeBalance};
 pub use money::{MONEY_COLUMN_DIGITS, MONEY_COLUMN_SCALE, Money};
 pub use projector::{PROJECTION_NAME, ProjectorSettings, Replayed, lag, next_offset, replay, run};
 pub use queries::{

@@ -36,6 +36,11 @@ const ACCOUNT_COLUMNS: &str = "account_id, name, email, phone_number, address_li
     address_line2, city, state, postal_code, country, currency, balance, held, available, \
     sequence, last_causation_id, created_at_ms, updated_at_ms";
 
+/// The columns [`account_event_from_row`] reads.
+pub(crate) const ACCOUNT_EVENT_COLUMNS: &str = "account_id, sequence, event_id, event_type, \
+    event_version, occurred_at_ms, correlation_id, causation_id, log_topic, log_partition, \
+    log_offset, payload";
+
 const TRANSACTION_COLUMNS: &str = "transaction_id, account_id, transaction_type, status, \
     amount, currency, phone_number, failure_reason, provider_reference, created_at_ms, \
     updated_at_ms";
@@ -200,18 +205,16 @@ async fn select_transaction<DB: Backend>(
     row.as_ref().map(transaction_from_row::<DB>).transpose()
 }
 
-async fn select_account_events<DB: Backend>(
+pub(crate) async fn select_account_events<DB: Backend>(
     pool: &Pool<DB>,
     account_id: AccountId,
     after_sequence: u64,
     limit: u32,
 ) -> Result<Vec<AccountEventRow>, ProjectionError> {
-    let rows = Sql::<DB>::new(
-        "SELECT account_id, sequence, event_id, event_type, event_version, occurred_at_ms, \
-         correlation_id, causation_id, log_topic, log_partition, log_offset, payload \
-         FROM account_events WHERE account_id = ? AND sequence > ? \
-         ORDER BY sequence LIMIT ?",
-    )
+    let rows = Sql::<DB>::new(format!(
+        "SELECT {ACCOUNT_EVENT_COLUMNS} FROM account_events \
+         WHERE account_id = ? AND sequence > ? ORDER BY sequence LIMIT ?"
+    ))
     .bind(account_id.to_string())
     .bind(to_sql(after_sequence))
     .bind(i64::from(limit))
@@ -386,7 +389,9 @@ fn transaction_from_row<DB: Backend>(row: &DB::Row) -> Result<TransactionView, P
     })
 }
 
-fn account_event_from_row<DB: Backend>(row: &DB::Row) -> Result<AccountEventRow, ProjectionError> {
+pub(crate) fn account_event_from_row<DB: Backend>(
+    row: &DB::Row,
+) -> Result<AccountEventRow, ProjectionError> {
     let payload: String = row.value("payload")?;
     let payload = serde_json::from_str(&payload).map_err(|_| unreadable("payload", &payload))?;
     let event_version = unsigned_column::<DB>(row, "event_version")?;

@@ -589,7 +589,13 @@ pub struct Deployment {
 }
 
 /// The lines of each process's log that [`Deployment::log_tails`] shows.
-const LOG_TAIL_LINES: usize = 15;
+const LOG_TAIL_LINES: usize = 40;
+
+/// What each role process logs: `TALLY_TEST_ROLE_LOG` when set (a `TALLY_LOG` filter, such
+/// as `info,tally_commands=debug`), warnings and errors otherwise.
+fn role_log_filter() -> String {
+    std::env::var("TALLY_TEST_ROLE_LOG").unwrap_or_else(|_| "warn".to_owned())
+}
 
 /// The read tables a replay must rebuild exactly, offsets included.
 const READ_TABLES: [&str; 5] = [
@@ -828,10 +834,10 @@ impl Deployment {
             .args(&self.backend_args)
             .env_remove("TALLY_KAFKA_BROKERS")
             .env_remove("TALLY_DATABASE_URL")
-            .env("TALLY_LOG", "warn")
+            .env("TALLY_LOG", role_log_filter())
             .env("TALLY_ADMIN_USERNAME", "admin")
             .env("TALLY_ADMIN_PASSWORD", ADMIN_PASSWORD)
-            .stdout(Stdio::null())
+            .stdout(log.try_clone()?)
             .stderr(log)
             .spawn()
             .with_context(|| format!("cannot start tally {}", process.role.command()))?;

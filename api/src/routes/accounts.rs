@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use axum::extract::{Query, State};
 use axum::http::{HeaderMap, StatusCode};
-use axum::response::Response;
+use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use serde::{Deserialize, Serialize};
@@ -18,12 +18,13 @@ use serde_json::Value;
 use tally_domain::{
     AccountId, AccountInfo, BillingAddress, CommandId, Currency, LedgerCommand, TransactionType,
 };
+use tally_projections::AsOf;
 use uuid::Uuid;
 
 use crate::auth::{Caller, Role};
 use crate::error::ApiError;
 use crate::extract::{JsonBody, Path};
-use crate::reads::{self, AccountView, BalanceView, CommandOutcome};
+use crate::reads::{self, AccountView, CommandOutcome};
 use crate::routes::transactions::{new_request, parse_amount, submit_request};
 use crate::state::AppState;
 
@@ -191,12 +192,59 @@ async fn account(
     Ok(Json(load(&state, owned(&caller, uid)?).await?))
 }
 
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+struct BalanceQuery {
+    /// A moment of the account's history: an RFC 3339 time, or `offset:N` for a position in
+    /// the account's events partition.
+    as_of: Option<String>,
+}
+
+/// The account's balances now, from its row; or, with `asOf`, as they stood then, folded from
+/// its events.
 async fn balance(
     State(state): State<AppState>,
     caller: Caller,
     Path(uid): Path<Uuid>,
-) -> Result<Json<BalanceView>, ApiError> {
-    Ok(Json(load(&state, owned(&caller, uid)?).await?.balance))
+    query: Result<Query<BalanceQuery>, axum::extract::rejection::QueryRejection>,
+) -> Result<Response, ApiError> {
+    let account_id = owned(&caller, uid)?;
+    let Query(query) =
+        query.map_err(|error| ApiError::invalid("invalid_query", error.body_text()))?;
+    let Some(as_given) = query.as_of else {
+        return Ok(Json(load(&state, account_id).await?.balance).into_response());
+    };
+    let as_of = parse_as_of(&as_given)?;
+    load(&state, account_id).await?;
+    let view = reads::balance_as_of(&state.store, account_id, as_of, as_given).await?;
+    let view = view.ok_or_else(|| {
+        ApiError::not_found(
+            "account_not_found",
+            "the account was not open at that moment",
+        )
+    })?;
+    Ok(Json(view).into_response())
+}
+
+/// Reads `asOf`: an RFC 3339 time with its offset (`2026-12-04T10:00:00Z`), or `offset:N`.
+fn parse_as_of(text: &str) -> Result<AsOf, ApiError> {
+    let invalid = || {
+        ApiError::invalid(
+            "invalid_as_of",
+            "asOf must be an RFC 3339 time such as 2026-12-04T10:00:00Z, or offset:N for a \
+             position in the account's events partition",
+        )
+    };
+    if let Some(offset) = text.strip_prefix("offset:") {
+        // Digits only: `u64::from_str` also takes a leading `+`.
+        if offset.is_empty() || !offset.bytes().all(|byte| byte.is_ascii_digit()) {
+            return Err(invalid());
+        }
+        return offset.parse().map(AsOf::Offset).map_err(|_| invalid());
+    }
+    chrono::DateTime::parse_from_rfc3339(text)
+        .map(|time| AsOf::Time(time.with_timezone(&chrono::Utc)))
+        .map_err(|_| invalid())
 }
 
 async fn info(
@@ -210,20 +258,37 @@ async fn info(
     ))
 }
 
+/// A page of a stream's events: after a sequence number, at most `limit`.
 #[derive(Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
-struct EventsQuery {
+pub(super) struct EventsQuery {
     /// Return events after this sequence number.
     after: Option<u64>,
     limit: Option<u32>,
 }
 
+impl EventsQuery {
+    /// The sequence to read after and the page size, defaults applied and the size bounded.
+    pub(super) fn page(&self) -> (u64, u32) {
+        let limit = self.limit.unwrap_or(100).clamp(1, EVENTS_PAGE_SIZE_MAX);
+        (self.after.unwrap_or(0), limit)
+    }
+}
+
 #[derive(Serialize)]
 #[serde(rename_all = "camelCase")]
-struct EventsPage {
+pub(super) struct EventsPage {
     events: Vec<Value>,
     /// Pass as `after` to read the next page; absent on the last page.
     next_after: Option<u64>,
+}
+
+impl EventsPage {
+    /// A page read with `limit`: a full page may have a next one.
+    pub(super) fn new(events: Vec<Value>, last: Option<u64>, limit: u32) -> EventsPage {
+        let next_after = last.filter(|_| events.len() == limit as usize);
+        EventsPage { events, next_after }
+    }
 }
 
 async fn events(
@@ -236,15 +301,9 @@ async fn events(
     let Query(query) =
         query.map_err(|error| ApiError::invalid("invalid_query", error.body_text()))?;
     load(&state, account_id).await?;
-    let limit = query.limit.unwrap_or(100).clamp(1, EVENTS_PAGE_SIZE_MAX);
-    let after = query.after.unwrap_or(0);
+    let (after, limit) = query.page();
     let (events, last) = reads::account_events(&state.store, account_id, after, limit).await?;
-    let next_after = if events.len() == limit as usize {
-        last
-    } else {
-        None
-    };
-    Ok(Json(EventsPage { events, next_after }))
+    Ok(Json(EventsPage::new(events, last, limit)))
 }
 
 #[derive(Deserialize)]

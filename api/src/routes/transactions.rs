@@ -4,7 +4,7 @@
 //! command; the answer is 202 once the command is durably in the log. Funds are decided later,
 //! by the decider, so a balance that is too low shows up as a `FAILED` status, not as a 4xx.
 
-use axum::extract::State;
+use axum::extract::{Query, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
@@ -24,12 +24,14 @@ use crate::error::ApiError;
 use crate::extract::{JsonBody, Path};
 use crate::reads::{self, TransactionView};
 use crate::requests::{self, Recorded, TransactionRequest};
+use crate::routes::accounts::{EventsPage, EventsQuery};
 use crate::state::AppState;
 
 pub fn router() -> Router<AppState> {
     Router::new()
         .route("/transaction", post(submit))
         .route("/transaction/{transaction_id}", get(status))
+        .route("/transaction/{transaction_id}/events", get(events))
 }
 
 #[derive(Deserialize)]
@@ -338,6 +340,27 @@ async fn status(
         return Err(not_found());
     }
     Ok(Json(view))
+}
+
+/// The events a transaction caused, in its account's stream order, with their log
+/// coordinates: the audit trail of one transaction.
+async fn events(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(transaction_id): Path<Uuid>,
+    query: Result<Query<EventsQuery>, axum::extract::rejection::QueryRejection>,
+) -> Result<Json<EventsPage>, ApiError> {
+    let Query(query) =
+        query.map_err(|error| ApiError::invalid("invalid_query", error.body_text()))?;
+    let transaction_id = TransactionId(transaction_id);
+    let view = find(&state, transaction_id).await?.ok_or_else(not_found)?;
+    if view.account_id != caller.uid && !caller.is_admin() {
+        return Err(not_found());
+    }
+    let (after, limit) = query.page();
+    let (events, last) =
+        reads::transaction_events(&state.store, transaction_id, after, limit).await?;
+    Ok(Json(EventsPage::new(events, last, limit)))
 }
 
 /// How long after its id was minted a transaction may still be missing from the read store
