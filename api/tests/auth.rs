@@ -558,3 +558,32 @@ async fn a_wrong_method_is_method_not_allowed_as_a_problem() {
 
     assert_problem(&reply, StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed");
 }
+
+#[tokio::test]
+async fn a_bearer_token_and_an_api_key_together_are_refused() {
+    let app = spawn_app().await;
+    app.signup("grace").await;
+    let token = app.login("grace").await;
+    let created = app.create_api_key(&token).await;
+    let request = Request::get("/me")
+        .header(AUTHORIZATION, format!("Bearer {token}"))
+        .header("x-api-key", created["apiKey"].as_str().expect("key"))
+        .body(Body::empty())
+        .expect("request");
+
+    let reply = app.send(request).await;
+
+    assert_problem(&reply, StatusCode::BAD_REQUEST, "ambiguous_credentials");
+}
+
+#[tokio::test]
+async fn revoking_a_key_id_of_the_wrong_shape_is_invalid_path() {
+    let app = spawn_app().await;
+    app.signup("hedy").await;
+    let token = app.login("hedy").await;
+    let (name, value) = bearer(&token);
+
+    let reply = app.delete_as("/apikey/xyz", (name, &value)).await;
+
+    assert_problem(&reply, StatusCode::BAD_REQUEST, "invalid_path");
+}

@@ -169,8 +169,15 @@ enum Credential<'a> {
 }
 
 impl<'a> Credential<'a> {
-    /// `Authorization` wins when both headers are sent.
+    /// Exactly one of the two headers: a request that sends both could act for either of two
+    /// principals, so it is refused rather than resolved by a precedence rule.
     fn from_headers(headers: &'a HeaderMap) -> Result<Self, ApiError> {
+        if headers.contains_key(AUTHORIZATION) && headers.contains_key(API_KEY_HEADER) {
+            return Err(ApiError::invalid(
+                "ambiguous_credentials",
+                "send either an Authorization bearer token or an X-API-Key, not both",
+            ));
+        }
         if let Some(value) = headers.get(AUTHORIZATION) {
             let value = value.to_str().map_err(|_| ApiError::InvalidToken)?;
             return bearer_token(value)

@@ -185,9 +185,13 @@ async fn delete_api_key(
     caller: Caller,
     Path(key_id): Path<String>,
 ) -> Result<StatusCode, ApiError> {
-    let revoked = api_key::is_key_id(&key_id)
-        && store::revoke_api_key(&auth.store, &key_id, caller.uid).await?;
-    if !revoked {
+    if !api_key::is_key_id(&key_id) {
+        return Err(ApiError::invalid(
+            "invalid_path",
+            "keyId is the 12 letters and digits POST /apikey answered",
+        ));
+    }
+    if !store::revoke_api_key(&auth.store, &key_id, caller.uid).await? {
         return Err(ApiError::not_found(
             "api_key_not_found",
             "you have no api key with this id",
