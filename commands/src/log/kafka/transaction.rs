@@ -74,9 +74,15 @@ impl Transaction {
             &self.records,
             self.delivery_timeout,
         );
-        let positions = match produced.await {
-            Ok(positions) => positions,
-            Err(error) => return Err(self.abort_after(error).await),
+        // librdkafka reports every record within the delivery timeout, except, as seen after
+        // a broker restart, while the producer waits for a producer id it does not get. A
+        // producer stuck there is given up: the member is replaced, and its successor's
+        // producer, with the same transactional id, aborts whatever this one left open.
+        let deadline = self.delivery_timeout + self.request_timeout;
+        let positions = match tokio::time::timeout(deadline, produced).await {
+            Ok(Ok(positions)) => positions,
+            Ok(Err(error)) => return Err(self.abort_after(error).await),
+            Err(_elapsed) => return Err(self.stalled(deadline)),
         };
         if let Err(error) = self.send_offsets().await {
             return Err(self.abort_after(error).await);
@@ -136,6 +142,18 @@ impl Transaction {
         Failure {
             error: from_kafka(error),
             after,
+        }
+    }
+
+    /// A producer that acknowledged nothing within `waited`: it cannot be trusted with another
+    /// transaction.
+    fn stalled(&self, waited: Duration) -> Failure {
+        let waited_ms = u64::try_from(waited.as_millis()).unwrap_or(u64::MAX);
+        tracing::error!(group = %self.group, waited_ms,
+            "transactional producer acknowledged nothing within the delivery timeout");
+        Failure {
+            error: storage("the transactional producer stopped acknowledging"),
+            after: After::Broken,
         }
     }
 
