@@ -8,6 +8,7 @@ use clap::{Parser, Subcommand};
 use secrecy::SecretString;
 use tally_api::app::{self, Roles};
 use tally_api::auth::{self, AuthSettings, Role};
+use tally_api::export::ExportArgs;
 use tally_api::settings::{DATABASE_URL_HELP, ReadStoreLocation, Settings};
 use tracing_subscriber::EnvFilter;
 
@@ -42,6 +43,9 @@ enum Command {
     /// Rebuilds the read tables of an empty database (--database-url) from the log, prints
     /// how many records it applied and how fast, and exits.
     Replay(ReplayArgs),
+    /// Writes rows of the read store out, for analysts: `tally export transactions`.
+    #[command(subcommand)]
+    Export(ExportCommand),
     /// Measures a Tally (an embedded one unless --url is given) under load.
     Bench(tally_api::bench::BenchSettings),
     /// Manages users.
@@ -57,6 +61,15 @@ struct ReplayArgs {
     /// refusing a database that already holds projected rows.
     #[arg(long)]
     resume: bool,
+}
+
+#[derive(Subcommand)]
+enum ExportCommand {
+    /// Every transaction the filters select, oldest first, as CSV (the default) or JSON
+    /// Lines, read from the read store (--data-dir or --database-url, as `tally up` takes
+    /// them) in pages, so memory stays flat however many rows there are. Logs go to standard
+    /// error, so standard output holds only the rows.
+    Transactions(ExportArgs),
 }
 
 #[derive(Subcommand)]
@@ -87,8 +100,10 @@ enum UserCommand {
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    init_tracing();
-    match Cli::parse().command {
+    let cli = Cli::parse();
+    // An export may write its rows to standard output, so its logs go elsewhere.
+    init_tracing(matches!(cli.command, Command::Export(_)));
+    match cli.command {
         Command::Up(settings) => run(settings, Roles::ALL).await,
         Command::Api(settings) => {
             run(
@@ -153,6 +168,11 @@ async fn main() -> anyhow::Result<()> {
             );
             Ok(())
         }
+        Command::Export(ExportCommand::Transactions(args)) => {
+            let rows = tally_api::export::run(&args).await?;
+            tracing::info!(rows, "export finished");
+            Ok(())
+        }
         Command::Bench(settings) => tally_api::bench::run(settings).await,
         Command::User(UserCommand::Create {
             username,
@@ -168,12 +188,16 @@ async fn main() -> anyhow::Result<()> {
     }
 }
 
-fn init_tracing() {
+/// Logs to standard output, or to standard error when `to_stderr`.
+fn init_tracing(to_stderr: bool) {
     let filter = EnvFilter::try_from_env("TALLY_LOG").unwrap_or_else(|_| EnvFilter::new("info"));
-    tracing_subscriber::fmt()
+    let logs = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_target(false)
-        .init();
+        .with_target(false);
+    match to_stderr {
+        true => logs.with_writer(std::io::stderr).init(),
+        false => logs.init(),
+    }
 }
 
 /// Runs until SIGTERM or Ctrl-C, then drains and commits before exiting.

@@ -18,7 +18,7 @@ use tally_domain::{
 use tally_projections::{
     AccountEventRow, AccountView as AccountRow, TransactionView as TransactionRow,
 };
-use tally_projections::{AsOf, ReadStore, StoredOffset};
+use tally_projections::{AsOf, ReadStore, StoredOffset, TransactionCursor, TransactionFilter};
 use uuid::Uuid;
 
 use crate::error::ApiError;
@@ -231,6 +231,28 @@ fn transaction_view(row: TransactionRow) -> TransactionView {
         updated_at: rfc3339(row.updated_at),
         account_id: row.account_id.0,
     }
+}
+
+/// One page of the transactions `filter` selects after `after`, at most `limit`, and the
+/// cursor of the page's last row when more rows follow it.
+pub async fn transactions_page(
+    store: &ReadStore,
+    filter: &TransactionFilter,
+    after: Option<TransactionCursor>,
+    limit: u32,
+) -> Result<(Vec<TransactionRow>, Option<TransactionCursor>), ApiError> {
+    // One row more than the page says whether another page follows.
+    let mut rows = store
+        .transactions_page(filter, after, limit + 1)
+        .await
+        .map_err(read_failed)?;
+    let more = rows.len() > limit as usize;
+    rows.truncate(limit as usize);
+    let next = match more {
+        true => rows.last().map(TransactionRow::cursor),
+        false => None,
+    };
+    Ok((rows, next))
 }
 
 /// Whether the read store shows the events of an account command yet. An opening is

@@ -47,6 +47,11 @@ pub trait Backend:
     /// for `column`.
     fn inserted(column: &str) -> String;
 
+    /// An SQL expression for the money column `column` in ten-thousandths, an exact integer:
+    /// what amount filters compare, since SQLite's text money would compare as text and its
+    /// arithmetic would round through floats.
+    fn money_ten_thousandths(column: &str) -> String;
+
     /// The rows a statement matched. MySQL counts matched rather than changed rows because
     /// sqlx connects with `CLIENT_FOUND_ROWS`, as SQLite always does.
     fn rows_affected(result: &Self::QueryResult) -> u64;
@@ -66,6 +71,17 @@ impl Backend for Sqlite {
 
     fn inserted(column: &str) -> String {
         format!("excluded.{column}")
+    }
+
+    /// The text is written at the currency's scale (at most four decimals): without its point
+    /// it is a whole number of the scale's units, which an integer factor turns into
+    /// ten-thousandths. Amounts stay far below 2^63 ten-thousandths.
+    fn money_ten_thousandths(column: &str) -> String {
+        format!(
+            "(CAST(replace({column}, '.', '') AS INTEGER) * CASE instr({column}, '.') \
+             WHEN 0 THEN 10000 ELSE CASE length({column}) - instr({column}, '.') \
+             WHEN 1 THEN 1000 WHEN 2 THEN 100 WHEN 3 THEN 10 ELSE 1 END END)"
+        )
     }
 
     fn rows_affected(result: &SqliteQueryResult) -> u64 {
@@ -89,6 +105,11 @@ impl Backend for MySql {
 
     fn inserted(column: &str) -> String {
         format!("VALUES({column})")
+    }
+
+    /// `DECIMAL` arithmetic is exact.
+    fn money_ten_thousandths(column: &str) -> String {
+        format!("({column} * 10000)")
     }
 
     fn rows_affected(result: &MySqlQueryResult) -> u64 {

@@ -20,6 +20,7 @@ use tally_domain::{
     TransactionTerms, TransactionType,
 };
 
+use crate::analysis::{self, Deltas};
 use crate::error::ProjectionError;
 use crate::queries::{AccountEventRow, AccountView, TransactionView};
 
@@ -69,6 +70,8 @@ pub(crate) struct Changes {
     pub accounts: Vec<AccountView>,
     /// Every transaction row the batch created or changed, in its final state.
     pub transactions: Vec<TransactionView>,
+    /// What those transactions move in the analysis tables.
+    pub analysis: Deltas,
     pub offsets: Vec<OffsetAdvance>,
 }
 
@@ -242,6 +245,9 @@ pub(crate) fn touched(decoded: &[Decoded]) -> Touched {
 
 /// Folds a decoded batch into the rows it touches and returns what to write.
 pub(crate) fn fold(decoded: &[Decoded], loaded: Loaded) -> Result<Changes, ProjectionError> {
+    // What each transaction counted in the analysis tables before the batch; the fold changes
+    // the loaded rows in place.
+    let before = loaded.transactions.clone();
     let mut fold = Fold {
         loaded,
         changed_accounts: BTreeSet::new(),
@@ -255,7 +261,9 @@ pub(crate) fn fold(decoded: &[Decoded], loaded: Loaded) -> Result<Changes, Proje
             Item::Ignored | Item::Undecodable => {}
         }
     }
-    Ok(fold.finish(offset_advances(decoded)))
+    let mut changes = fold.finish(offset_advances(decoded));
+    changes.analysis = analysis::deltas(&before, &changes.transactions);
+    Ok(changes)
 }
 
 struct Fold {

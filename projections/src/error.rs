@@ -97,6 +97,15 @@ pub enum ProjectionError {
         event_type: String,
     },
 
+    /// A row of an analysis table would count fewer than no transactions, or hold an amount
+    /// while counting none: the analysis tables disagree with `transactions`, which they sum.
+    #[error("analysis row {row} would count {count} transactions totalling {amount}")]
+    AnalysisMismatch {
+        row: String,
+        count: i64,
+        amount: Decimal,
+    },
+
     /// A batch starts before where the projection stopped: another projector writes to the
     /// same store, or the consumer repeated records.
     #[error(

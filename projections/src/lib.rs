@@ -1,8 +1,9 @@
 //! Tally's read side: the projector that materializes read tables from the event log, the
 //! read store that holds them, and the queries the API answers from.
 //!
-//! What this crate owns: the read tables (`migrations/sqlite/0001_read_models.sql` and its
-//! MySQL twin in `migrations/mysql/`) and the only code that writes them, on SQLite or on
+//! What this crate owns: the read tables (`migrations/sqlite/0001_read_models.sql`, the
+//! analysis tables of `0006_analysis.sql`, and their MySQL twins in `migrations/mysql/`) and
+//! the only code that writes them, on SQLite or on
 //! MySQL and MariaDB through one implementation of each query ([`Backend`]). It reads the log
 //! and never writes to it, and it knows no HTTP: views are plain serializable rows, and the
 //! API decides what to show.
@@ -12,6 +13,7 @@
 //! offsets, never from the log's consumer-group offsets. Every row can be rebuilt by replaying
 //! the log into an empty store.
 
+mod analysis;
 mod backend;
 mod batch;
 mod error;
@@ -33,7 +35,8 @@ pub use history::{AppliedEvent, AsOf, PointInTimeBalance};
 pub use money::{MONEY_COLUMN_DIGITS, MONEY_COLUMN_SCALE, Money};
 pub use projector::{PROJECTION_NAME, ProjectorSettings, Replayed, lag, next_offset, replay, run};
 pub use queries::{
-    ACCOUNT_EVENTS_PAGE_SIZE_MAX, AccountEventRow, AccountView, StoredOffset, TransactionView,
+    ACCOUNT_EVENTS_PAGE_SIZE_MAX, AccountEventRow, AccountView, StoredOffset,
+    TRANSACTIONS_PAGE_SIZE_MAX, TransactionCursor, TransactionFilter, TransactionView,
 };
 pub use sql::{Sql, Tuple};
 pub use store::{ReadStore, StorePool};

@@ -15,6 +15,7 @@ use sqlx::Pool;
 use tally_commands::log::{Consumer, EventLog, Polled, Topic, TopicPartition};
 use tokio::sync::watch;
 
+use crate::analysis;
 use crate::backend::Backend;
 use crate::batch::{self, Changes, Decoded, Loaded, OffsetAdvance};
 use crate::error::ProjectionError;
@@ -298,8 +299,26 @@ async fn apply_batch_on<DB: Backend>(
     let changes = batch::fold(batch, loaded)?;
 
     writes::write::<DB>(conn, PROJECTION_NAME, &changes).await?;
+    settle_analysis::<DB>(conn, &changes).await?;
     transaction.commit().await?;
     Ok(changes)
+}
+
+/// Moves the analysis rows the batch's transactions count in. Done last, just before the
+/// commit, because on MySQL the rows it locks are shared with the projectors of every other
+/// partition, which wait for them until this transaction ends.
+async fn settle_analysis<DB: Backend>(
+    conn: &mut DB::Connection,
+    changes: &Changes,
+) -> Result<(), ProjectionError> {
+    if changes.analysis.is_empty() {
+        return Ok(());
+    }
+    let days = changes.analysis.days();
+    let current = queries::analysis_rows_for_update::<DB>(conn, &days).await?;
+    let settled = analysis::settle(changes.analysis.clone(), &current)?;
+    writes::write_analysis::<DB>(conn, &settled).await?;
+    Ok(())
 }
 
 /// No partition of the batch may start before where the projection stopped: that would mean

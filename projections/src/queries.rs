@@ -4,8 +4,9 @@
 
 use std::collections::HashMap;
 
-use chrono::{DateTime, Utc};
+use chrono::{DateTime, NaiveDate, Utc};
 use rust_decimal::Decimal;
+use rust_decimal::prelude::ToPrimitive;
 use serde::de::DeserializeOwned;
 use serde::de::value::{Error as ValueError, StrDeserializer};
 use serde::{Serialize, Serializer};
@@ -17,6 +18,7 @@ use tally_domain::{
 };
 use uuid::Uuid;
 
+use crate::analysis::{self, Current, DestinationKey, Tally, VolumeKey};
 use crate::backend::{Backend, Get};
 use crate::error::ProjectionError;
 use crate::money::Money;
@@ -27,6 +29,10 @@ use crate::with_pool;
 /// The most events one `account_events` call returns. An audit page of this size is a few
 /// hundred kilobytes of JSON; callers page on with `after_sequence`.
 pub const ACCOUNT_EVENTS_PAGE_SIZE_MAX: u32 = 500;
+
+/// The most transactions one `transactions_page` call returns. A page of this size is a few
+/// hundred kilobytes however it is shown; callers page on with its last row's cursor.
+pub const TRANSACTIONS_PAGE_SIZE_MAX: u32 = 1_000;
 
 /// Ids bound in one `IN (...)` list: well inside every backend's `BOUND_VALUES_MAX`, and a
 /// batch of a thousand records rarely names more ids than this, so one statement usually does.
@@ -108,6 +114,41 @@ pub struct AccountEventRow {
     pub payload: serde_json::Value,
 }
 
+/// Which transactions a listing selects. Every field that is set narrows it; the default
+/// selects every transaction.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct TransactionFilter {
+    pub account_id: Option<AccountId>,
+    pub status: Option<TransactionStatus>,
+    pub transaction_type: Option<TransactionType>,
+    /// Created at or after this time.
+    pub created_from: Option<DateTime<Utc>>,
+    /// Created before this time.
+    pub created_before: Option<DateTime<Utc>>,
+    /// An amount at least this, exactly, in any currency.
+    pub amount_min: Option<Decimal>,
+    /// An amount at most this, exactly, in any currency.
+    pub amount_max: Option<Decimal>,
+}
+
+/// A place in the listing order, creation time then id: a page starts after it. Keyed on
+/// values, not on a count of rows, so rows inserted elsewhere never shift a page.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct TransactionCursor {
+    pub created_at_ms: i64,
+    pub transaction_id: TransactionId,
+}
+
+impl TransactionView {
+    /// The place of this row in the listing order.
+    pub fn cursor(&self) -> TransactionCursor {
+        TransactionCursor {
+            created_at_ms: self.created_at.timestamp_millis(),
+            transaction_id: self.transaction_id,
+        }
+    }
+}
+
 /// How far the projection has read one log partition.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "camelCase")]
@@ -157,6 +198,19 @@ impl ReadStore {
         with_pool!(self, pool => {
             select_account_events(pool, account_id, after_sequence, limit).await
         })
+    }
+
+    /// The transactions `filter` selects, oldest first (by creation time, then id), starting
+    /// after `after` (from the first when `None`), at most `limit` and never more than
+    /// [`TRANSACTIONS_PAGE_SIZE_MAX`].
+    pub async fn transactions_page(
+        &self,
+        filter: &TransactionFilter,
+        after: Option<TransactionCursor>,
+        limit: u32,
+    ) -> Result<Vec<TransactionView>, ProjectionError> {
+        let limit = limit.min(TRANSACTIONS_PAGE_SIZE_MAX);
+        with_pool!(self, pool => select_transactions_page(pool, filter, after, limit).await)
     }
 
     /// The command whose AccountOpened opened the account, once the store shows it.
@@ -221,6 +275,91 @@ pub(crate) async fn select_account_events<DB: Backend>(
     .fetch_all(&mut *pool.acquire().await?)
     .await?;
     rows.iter().map(account_event_from_row::<DB>).collect()
+}
+
+async fn select_transactions_page<DB: Backend>(
+    pool: &Pool<DB>,
+    filter: &TransactionFilter,
+    after: Option<TransactionCursor>,
+    limit: u32,
+) -> Result<Vec<TransactionView>, ProjectionError> {
+    let mut select = Sql::<DB>::new(format!(
+        "SELECT {TRANSACTION_COLUMNS} FROM transactions WHERE 1 = 1"
+    ));
+    push_filter(&mut select, filter);
+    if let Some(after) = after {
+        // The first condition alone is a range on the index; the second leaves out the rows
+        // of the cursor's own millisecond up to and including the cursor.
+        select
+            .push(" AND created_at_ms >= ")
+            .push_bind(after.created_at_ms)
+            .push(" AND (created_at_ms > ")
+            .push_bind(after.created_at_ms)
+            .push(" OR transaction_id > ")
+            .push_bind(after.transaction_id.to_string())
+            .push(")");
+    }
+    select
+        .push(" ORDER BY created_at_ms, transaction_id LIMIT ")
+        .push_bind(i64::from(limit));
+    let rows = select.fetch_all(&mut *pool.acquire().await?).await?;
+    rows.iter().map(transaction_from_row::<DB>).collect()
+}
+
+/// Appends ` AND ...` for each condition of `filter`.
+fn push_filter<DB: Backend>(select: &mut Sql<DB>, filter: &TransactionFilter) {
+    if let Some(account_id) = filter.account_id {
+        select
+            .push(" AND account_id = ")
+            .push_bind(account_id.to_string());
+    }
+    if let Some(status) = filter.status {
+        select.push(" AND status = ").push_bind(status.as_str());
+    }
+    if let Some(kind) = filter.transaction_type {
+        select
+            .push(" AND transaction_type = ")
+            .push_bind(kind.as_str());
+    }
+    if let Some(from) = filter.created_from {
+        select
+            .push(" AND created_at_ms >= ")
+            .push_bind(from.timestamp_millis());
+    }
+    if let Some(before) = filter.created_before {
+        select
+            .push(" AND created_at_ms < ")
+            .push_bind(before.timestamp_millis());
+    }
+    let amount = DB::money_ten_thousandths("amount");
+    if let Some(min) = filter.amount_min {
+        let at_least = ten_thousandths(min, Decimal::ceil);
+        select
+            .push(&format!(" AND {amount} >= "))
+            .push_bind(at_least);
+    }
+    if let Some(max) = filter.amount_max {
+        let at_most = ten_thousandths(max, Decimal::floor);
+        select
+            .push(&format!(" AND {amount} <= "))
+            .push_bind(at_most);
+    }
+}
+
+/// `value` in ten-thousandths, rounded by `round` to a whole number: up for a lower bound and
+/// down for an upper one, so that an integer comparison selects exactly the amounts the
+/// decimal bound does. A bound beyond what 64 bits hold is beyond every amount, and is held
+/// at the 64-bit limit on its side.
+fn ten_thousandths(value: Decimal, round: fn(&Decimal) -> Decimal) -> i64 {
+    let saturated = if value.is_sign_negative() {
+        i64::MIN
+    } else {
+        i64::MAX
+    };
+    let scaled = value.checked_mul(Decimal::from(10_000));
+    scaled
+        .and_then(|scaled| round(&scaled).to_i64())
+        .unwrap_or(saturated)
 }
 
 async fn select_opened_by<DB: Backend>(
@@ -311,6 +450,86 @@ pub(crate) async fn transactions_by_id<DB: Backend>(
         }
     }
     Ok(found)
+}
+
+/// The rows of both analysis tables on `days`, locked until the transaction ends: projectors
+/// of other partitions move the same rows, and each must add to what the last one committed.
+/// Every row of a day is read, which is a handful per type, currency and destination.
+pub(crate) async fn analysis_rows_for_update<DB: Backend>(
+    conn: &mut DB::Connection,
+    days: &[NaiveDate],
+) -> Result<Current, ProjectionError> {
+    let mut current = Current::default();
+    let days: Vec<String> = (days.iter())
+        .map(|day| day.format(analysis::DAY_FORMAT).to_string())
+        .collect();
+    for chunk in days.chunks(IDS_PER_STATEMENT_MAX) {
+        let select = "SELECT day, transaction_type, currency, status, transaction_count, \
+                      amount_total FROM daily_transaction_volumes WHERE day IN ";
+        for row in &locked_days::<DB>(select, chunk).fetch_all(conn).await? {
+            let (key, tally) = volume_from_row::<DB>(row)?;
+            current.volumes.insert(key, tally);
+        }
+        let select = "SELECT day, calling_code, currency, status, transaction_count, \
+                      amount_total FROM daily_airtime_destinations WHERE day IN ";
+        for row in &locked_days::<DB>(select, chunk).fetch_all(conn).await? {
+            let (key, tally) = destination_from_row::<DB>(row)?;
+            current.destinations.insert(key, tally);
+        }
+    }
+    Ok(current)
+}
+
+/// `select` (ending in `IN `) for `days`, in key order, locking what it reads.
+fn locked_days<DB: Backend>(select: &str, days: &[String]) -> Sql<DB> {
+    let mut query = select_in::<DB, _>(select.to_owned(), days);
+    query.push(" ORDER BY 1, 2, 3, 4").push(DB::FOR_UPDATE);
+    query
+}
+
+fn volume_from_row<DB: Backend>(row: &DB::Row) -> Result<(VolumeKey, Tally), ProjectionError> {
+    let kind: TransactionType = enum_column::<DB, _>(row, "transaction_type")?;
+    let status: TransactionStatus = enum_column::<DB, _>(row, "status")?;
+    let currency = currency_column::<DB>(row, "currency")?;
+    let key = VolumeKey {
+        day: day_column::<DB>(row, "day")?,
+        transaction_type: kind.as_str(),
+        currency,
+        status: status.as_str(),
+    };
+    Ok((key, tally_from_row::<DB>(row, currency)?))
+}
+
+fn destination_from_row<DB: Backend>(
+    row: &DB::Row,
+) -> Result<(DestinationKey, Tally), ProjectionError> {
+    let status: TransactionStatus = enum_column::<DB, _>(row, "status")?;
+    let currency = currency_column::<DB>(row, "currency")?;
+    let key = DestinationKey {
+        day: day_column::<DB>(row, "day")?,
+        calling_code: row.value("calling_code")?,
+        currency,
+        status: status.as_str(),
+    };
+    Ok((key, tally_from_row::<DB>(row, currency)?))
+}
+
+fn tally_from_row<DB: Backend>(
+    row: &DB::Row,
+    currency: Currency,
+) -> Result<Tally, ProjectionError> {
+    Ok(Tally {
+        count: row.value("transaction_count")?,
+        amount: money_column::<DB>(row, "amount_total", currency)?,
+    })
+}
+
+fn day_column<DB: Backend>(
+    row: &DB::Row,
+    column: &'static str,
+) -> Result<NaiveDate, ProjectionError> {
+    let text: String = row.value(column)?;
+    NaiveDate::parse_from_str(&text, analysis::DAY_FORMAT).map_err(|_| unreadable(column, text))
 }
 
 /// The sequence of the last projected event of each stream among `ids` that has one. Read

@@ -46,10 +46,10 @@ const MYSQL_IDLE_TIMEOUT: Duration = Duration::from_secs(10 * 60);
 const MYSQL_CONNECTION_LIFETIME_MAX: Duration = Duration::from_secs(30 * 60);
 
 /// The schema on SQLite.
-static SQLITE_MIGRATOR: Migrator = sqlx::migrate!("../migrations/sqlite");
+pub(crate) static SQLITE_MIGRATOR: Migrator = sqlx::migrate!("../migrations/sqlite");
 
 /// The same schema on MySQL: the same tables and columns, with MySQL's types.
-static MYSQL_MIGRATOR: Migrator = sqlx::migrate!("../migrations/mysql");
+pub(crate) static MYSQL_MIGRATOR: Migrator = sqlx::migrate!("../migrations/mysql");
 
 /// The read store. Cheap to clone: clones share one pool.
 #[derive(Clone, Debug)]

@@ -9,10 +9,12 @@
 
 use std::time::Duration;
 
-use sqlx::{AssertSqlSafe, Connection, Executor, MySqlConnection};
+use sqlx::sqlite::SqliteConnectOptions;
+use sqlx::{AssertSqlSafe, Connection, Executor, MySqlConnection, SqliteConnection};
 use tempfile::TempDir;
 use uuid::Uuid;
 
+use crate::error::ProjectionError;
 use crate::store::ReadStore;
 use crate::with_pool;
 
@@ -85,6 +87,22 @@ impl TestStore {
         Self::open_at(url, scratch).await
     }
 
+    /// A new store on `backend` that held the schema up to migration `version` when `setup`
+    /// ran on it, and then had every later migration applied: what a store of an older
+    /// release with rows in it becomes when a newer one opens it.
+    pub async fn open_upgraded(backend: TestBackend, version: i64, setup: &[&str]) -> TestStore {
+        let (url, scratch) = match backend {
+            TestBackend::Sqlite => sqlite_scratch(),
+            TestBackend::MySql => mysql_scratch(&mysql_server_url()).await,
+        };
+        let ran = match backend {
+            TestBackend::Sqlite => older_sqlite(&url, version, setup).await,
+            TestBackend::MySql => older_mysql(&url, version, setup).await,
+        };
+        ran.unwrap_or_else(|error| panic!("the older schema was not set up: {error:?}"));
+        Self::open_at(url, scratch).await
+    }
+
     async fn open_at(url: String, scratch: Scratch) -> TestStore {
         let store = ReadStore::open(&url)
             .await
@@ -138,6 +156,33 @@ impl TestStore {
         let text = text.unwrap_or_else(|error| panic!("test query failed: {error:?}"));
         text.flatten()
     }
+}
+
+/// Brings the SQLite file at `path` to migration `version` and runs `setup` on it.
+async fn older_sqlite(path: &str, version: i64, setup: &[&str]) -> Result<(), ProjectionError> {
+    let options = SqliteConnectOptions::new()
+        .filename(path)
+        .create_if_missing(true);
+    let mut conn = SqliteConnection::connect_with(&options).await?;
+    crate::store::SQLITE_MIGRATOR
+        .run_to(version, &mut conn)
+        .await?;
+    for statement in setup {
+        conn.execute(AssertSqlSafe(statement.to_string())).await?;
+    }
+    Ok(conn.close().await?)
+}
+
+/// Brings the MySQL database at `url` to migration `version` and runs `setup` on it.
+async fn older_mysql(url: &str, version: i64, setup: &[&str]) -> Result<(), ProjectionError> {
+    let mut conn = MySqlConnection::connect(url).await?;
+    crate::store::MYSQL_MIGRATOR
+        .run_to(version, &mut conn)
+        .await?;
+    for statement in setup {
+        conn.execute(AssertSqlSafe(statement.to_string())).await?;
+    }
+    Ok(conn.close().await?)
 }
 
 fn sqlite_scratch() -> (String, Scratch) {

@@ -6,6 +6,7 @@
 //! upsert clause is the backend's (`ON CONFLICT ... DO UPDATE` on SQLite, `ON DUPLICATE KEY
 //! UPDATE` on MySQL), and so is how it names the value the insert proposed.
 
+use crate::analysis::{self, DestinationKey, Settled, Tally, VolumeKey};
 use crate::backend::Backend;
 use crate::batch::{Changes, OffsetAdvance, StatementLine};
 use crate::money::Money;
@@ -124,6 +125,36 @@ const TRANSACTION_UPDATED_COLUMNS: [&str; 5] = [
     "updated_at_ms",
 ];
 
+const DAILY_TRANSACTION_VOLUMES: Table = Table {
+    name: "daily_transaction_volumes",
+    columns: &[
+        "day",
+        "transaction_type",
+        "currency",
+        "status",
+        "transaction_count",
+        "amount_total",
+    ],
+};
+
+const DAILY_AIRTIME_DESTINATIONS: Table = Table {
+    name: "daily_airtime_destinations",
+    columns: &[
+        "day",
+        "calling_code",
+        "currency",
+        "status",
+        "transaction_count",
+        "amount_total",
+    ],
+};
+
+/// What an analysis upsert changes: the totals, which the batch worked out whole.
+const ANALYSIS_UPDATED_COLUMNS: [&str; 2] = ["transaction_count", "amount_total"];
+
+/// The key columns of each analysis table: the first four of its columns.
+const ANALYSIS_KEY_COLUMNS: usize = 4;
+
 const PROJECTION_OFFSETS: Table = Table {
     name: "projection_offsets",
     columns: &[
@@ -146,6 +177,127 @@ pub(crate) async fn write<DB: Backend>(
     upsert_accounts::<DB>(conn, &changes.accounts).await?;
     upsert_transactions::<DB>(conn, &changes.transactions).await?;
     save_offsets::<DB>(conn, projection, &changes.offsets).await
+}
+
+/// Writes the analysis rows a batch settled: each table's changed rows in one upsert, its
+/// emptied rows in one delete (more only past the bound-value limit).
+pub(crate) async fn write_analysis<DB: Backend>(
+    conn: &mut DB::Connection,
+    settled: &Settled,
+) -> Result<(), sqlx::Error> {
+    upsert_analysis::<DB, _>(
+        conn,
+        &DAILY_TRANSACTION_VOLUMES,
+        &settled.volumes,
+        bind_volume,
+    )
+    .await?;
+    delete_keys::<DB, _>(
+        conn,
+        &DAILY_TRANSACTION_VOLUMES,
+        &settled.volumes_emptied,
+        bind_volume_key,
+    )
+    .await?;
+    let destinations = &settled.destinations;
+    upsert_analysis::<DB, _>(
+        conn,
+        &DAILY_AIRTIME_DESTINATIONS,
+        destinations,
+        bind_destination,
+    )
+    .await?;
+    delete_keys::<DB, _>(
+        conn,
+        &DAILY_AIRTIME_DESTINATIONS,
+        &settled.destinations_emptied,
+        bind_destination_key,
+    )
+    .await
+}
+
+async fn upsert_analysis<DB: Backend, K>(
+    conn: &mut DB::Connection,
+    table: &Table,
+    rows: &[(K, Tally)],
+    bind_row: fn(&mut Tuple<'_, DB>, &(K, Tally)),
+) -> Result<(), sqlx::Error> {
+    let key = table.columns[..ANALYSIS_KEY_COLUMNS].join(", ");
+    let tail = update_on_conflict::<DB>(&key, &ANALYSIS_UPDATED_COLUMNS);
+    insert_rows::<DB, _>(conn, table, &tail, rows, bind_row).await
+}
+
+/// Deletes the rows of `table` whose keys `bind_key` binds, in as few statements as the
+/// backend's bound-value limit allows.
+async fn delete_keys<DB: Backend, K>(
+    conn: &mut DB::Connection,
+    table: &Table,
+    keys: &[K],
+    bind_key: fn(&mut Sql<DB>, &K),
+) -> Result<(), sqlx::Error> {
+    let key_columns = &table.columns[..ANALYSIS_KEY_COLUMNS];
+    let keys_per_statement = ROWS_PER_STATEMENT_MAX.min(DB::BOUND_VALUES_MAX / key_columns.len());
+    for chunk in keys.chunks(keys_per_statement) {
+        let mut delete = Sql::<DB>::new(format!("DELETE FROM {} WHERE ", table.name));
+        for (index, key) in chunk.iter().enumerate() {
+            delete.push(if index == 0 { "(" } else { " OR (" });
+            bind_key(&mut delete, key);
+            delete.push(")");
+        }
+        delete.execute(conn).await?;
+    }
+    Ok(())
+}
+
+fn day_text(day: chrono::NaiveDate) -> String {
+    day.format(analysis::DAY_FORMAT).to_string()
+}
+
+fn bind_volume<DB: Backend>(values: &mut Tuple<'_, DB>, (key, tally): &(VolumeKey, Tally)) {
+    values
+        .bind(day_text(key.day))
+        .bind(key.transaction_type)
+        .bind(key.currency.code())
+        .bind(key.status)
+        .bind(tally.count)
+        .bind(Money::at_scale(tally.amount, key.currency));
+}
+
+fn bind_destination<DB: Backend>(
+    values: &mut Tuple<'_, DB>,
+    (key, tally): &(DestinationKey, Tally),
+) {
+    values
+        .bind(day_text(key.day))
+        .bind(key.calling_code.clone())
+        .bind(key.currency.code())
+        .bind(key.status)
+        .bind(tally.count)
+        .bind(Money::at_scale(tally.amount, key.currency));
+}
+
+fn bind_volume_key<DB: Backend>(delete: &mut Sql<DB>, key: &VolumeKey) {
+    delete
+        .push("day = ")
+        .push_bind(day_text(key.day))
+        .push(" AND transaction_type = ")
+        .push_bind(key.transaction_type)
+        .push(" AND currency = ")
+        .push_bind(key.currency.code())
+        .push(" AND status = ")
+        .push_bind(key.status);
+}
+
+fn bind_destination_key<DB: Backend>(delete: &mut Sql<DB>, key: &DestinationKey) {
+    delete
+        .push("day = ")
+        .push_bind(day_text(key.day))
+        .push(" AND calling_code = ")
+        .push_bind(key.calling_code.clone())
+        .push(" AND currency = ")
+        .push_bind(key.currency.code())
+        .push(" AND status = ")
+        .push_bind(key.status);
 }
 
 /// Inserts `rows` into `table`, each statement followed by `tail`, in as few statements as the

@@ -19,8 +19,8 @@ use tally_domain::{
 };
 use tally_projections::test_support::{TestBackend, TestStore};
 use tally_projections::{
-    Backend, Get, Money, ProjectionError, ProjectorSettings, ReadStore, Sql, backend_tests, lag,
-    replay, run, with_pool,
+    Backend, Get, Money, ProjectionError, ProjectorSettings, ReadStore, Sql, TransactionFilter,
+    TransactionView, backend_tests, lag, replay, run, with_pool,
 };
 use tempfile::TempDir;
 use tokio::sync::watch;
@@ -261,11 +261,13 @@ async fn dump_tables<DB: Backend>(pool: &Pool<DB>) -> Vec<String> {
         "statement_lines",
         "account_events",
         "projection_offsets",
+        "daily_transaction_volumes",
+        "daily_airtime_destinations",
     ];
     let conn = &mut *pool.acquire().await.unwrap();
     let mut rows = Vec::new();
     for table in tables {
-        let select = Sql::<DB>::new(format!("SELECT * FROM {table} ORDER BY 1, 2, 3"));
+        let select = Sql::<DB>::new(format!("SELECT * FROM {table} ORDER BY 1, 2, 3, 4"));
         for row in &select.fetch_all(conn).await.unwrap() {
             let cells: Vec<String> = (row.columns().iter())
                 .map(|column| cell::<DB>(row, column.name()))
@@ -334,6 +336,8 @@ backend_tests!(
     a_projector_stopped_killed_and_restarted_applies_every_record_exactly_once,
     rebuilding_into_a_fresh_store_from_offset_zero_gives_identical_tables,
     a_replay_into_an_empty_store_gives_the_tables_the_live_projector_built,
+    the_analysis_tables_count_each_transaction_once_by_its_day_and_current_status,
+    transactions_page_by_creation_time_and_filters_exactly_on_amounts,
 );
 
 async fn the_read_tables_follow_an_account_through_a_credit_and_an_airtime_send(
@@ -589,4 +593,182 @@ async fn a_replay_into_an_empty_store_gives_the_tables_the_live_projector_built(
     .unwrap();
     assert_eq!(again.records, 0);
     assert_eq!(rows, dump(replayed_store).await);
+}
+
+/// A row of an analysis table: its key as text, its count and its amount.
+type AnalysisRow = (Vec<String>, i64, Decimal);
+
+async fn analysis_rows(store: &ReadStore, table: &str) -> Vec<AnalysisRow> {
+    with_pool!(store, pool => analysis_rows_on(pool, table).await)
+}
+
+async fn analysis_rows_on<DB: Backend>(pool: &Pool<DB>, table: &str) -> Vec<AnalysisRow> {
+    let conn = &mut *pool.acquire().await.unwrap();
+    let select = Sql::<DB>::new(format!("SELECT * FROM {table} ORDER BY 1, 2, 3, 4"));
+    let rows = select.fetch_all(conn).await.unwrap();
+    (rows.iter())
+        .map(|row| {
+            let key = (row.columns().iter().take(4))
+                .map(|column| row.value(column.name()).unwrap())
+                .collect();
+            let count: i64 = row.value("transaction_count").unwrap();
+            let amount: Money = row.value("amount_total").unwrap();
+            (key, count, amount.value().normalize())
+        })
+        .collect()
+}
+
+/// Every transaction of the store, read page by page in the listing order.
+async fn every_transaction(store: &ReadStore, page_size: u32) -> Vec<TransactionView> {
+    let filter = TransactionFilter::default();
+    let mut all: Vec<TransactionView> = Vec::new();
+    loop {
+        let after = all.last().map(TransactionView::cursor);
+        let page = store.transactions_page(&filter, after, page_size).await;
+        let page = page.unwrap();
+        let last_page = page.len() < page_size as usize;
+        all.extend(page);
+        if last_page {
+            return all;
+        }
+    }
+}
+
+/// The analysis rows the test expects: each transaction counted once, under the UTC day it
+/// was created, its type (or, with `airtime`, its destination's calling code), its currency
+/// and its status now.
+fn model(transactions: &[TransactionView], airtime: bool) -> Vec<AnalysisRow> {
+    let mut rows: std::collections::BTreeMap<Vec<String>, (i64, Decimal)> = Default::default();
+    for transaction in transactions {
+        let is_airtime = transaction.transaction_type == TransactionType::SendAirtime;
+        if airtime && !is_airtime {
+            continue;
+        }
+        let second = match airtime {
+            // Every airtime send of these tests goes to +254 (Kenya).
+            true => "254".to_owned(),
+            false => transaction.transaction_type.as_str().to_owned(),
+        };
+        let key = vec![
+            transaction.created_at.format("%Y-%m-%d").to_string(),
+            second,
+            transaction.currency.code().to_owned(),
+            transaction.status.as_str().to_owned(),
+        ];
+        let row = rows.entry(key).or_default();
+        row.0 += 1;
+        row.1 += transaction.amount;
+    }
+    (rows.into_iter())
+        .map(|(key, (count, amount))| (key, count, amount.normalize()))
+        .collect()
+}
+
+async fn the_analysis_tables_count_each_transaction_once_by_its_day_and_current_status(
+    backend: TestBackend,
+) {
+    let mut world = World::new(backend).await;
+    let test = world.store().await;
+    let store = test.store();
+    let projector = Projector::start(&world.log, store, small_batches(5));
+    let account_id = AccountId::new();
+    world.submit(account_id, open()).await;
+    // A command whose events are not decided yet: its transaction counts as ACCEPTED.
+    let pending = TransactionId::new();
+    let command = CommandEnvelope::new(account_id, None, add_money(pending, "7.5"));
+    world.log.append(vec![command.to_record()]).await.unwrap();
+    caught_up(&world.log, store).await;
+
+    let accepted = analysis_rows(store, "daily_transaction_volumes").await;
+    let keys: Vec<(&str, i64, String)> = (accepted.iter())
+        .map(|(key, count, amount)| (key[3].as_str(), *count, amount.to_string()))
+        .collect();
+    assert_eq!(keys, [("ACCEPTED", 1, "7.5".to_owned())]);
+
+    world.submit(account_id, add_money(pending, "7.5")).await;
+    // An airtime send the provider has not answered yet stays PROCESSING.
+    world
+        .submit(account_id, send_airtime(TransactionId::new(), "2"))
+        .await;
+    for _ in 0..3 {
+        world.busy_account(AccountId::new()).await;
+    }
+    caught_up(&world.log, store).await;
+    projector.stop().await;
+
+    let transactions = every_transaction(store, 4).await;
+    assert_eq!(transactions.len(), world.transaction_commands);
+    let volumes = analysis_rows(store, "daily_transaction_volumes").await;
+    assert_eq!(volumes, model(&transactions, false));
+    assert!(volumes.iter().all(|(key, _, _)| key[3] != "ACCEPTED"));
+    let statuses: Vec<&str> = volumes.iter().map(|(key, _, _)| key[3].as_str()).collect();
+    assert!(statuses.contains(&"FAILED") && statuses.contains(&"PROCESSING"));
+    let destinations = analysis_rows(store, "daily_airtime_destinations").await;
+    assert_eq!(destinations, model(&transactions, true));
+    assert!(!destinations.is_empty());
+}
+
+async fn transactions_page_by_creation_time_and_filters_exactly_on_amounts(backend: TestBackend) {
+    let mut world = World::new(backend).await;
+    let test = world.store().await;
+    let store = test.store();
+    let account_id = AccountId::new();
+    world.submit(account_id, open()).await;
+    for amount in ["0.01", "9.99", "10", "10.01", "100", "1000.5"] {
+        world
+            .submit(account_id, add_money(TransactionId::new(), amount))
+            .await;
+    }
+    world.busy_account(AccountId::new()).await;
+    let projector = Projector::start(&world.log, store, ProjectorSettings::default());
+    caught_up(&world.log, store).await;
+    projector.stop().await;
+
+    let all = every_transaction(store, 3).await;
+    assert_eq!(all.len(), world.transaction_commands);
+    let mut sorted = all.clone();
+    sorted.sort_by_key(|transaction| (transaction.created_at, transaction.transaction_id));
+    assert_eq!(all, sorted);
+
+    let amounts = |filter: TransactionFilter| async move {
+        let page = store.transactions_page(&filter, None, 100).await.unwrap();
+        (page.iter())
+            .map(|transaction| transaction.amount.to_string())
+            .collect::<Vec<_>>()
+    };
+    let between = TransactionFilter {
+        account_id: Some(account_id),
+        amount_min: Some(money("9.995")),
+        amount_max: Some(money("100.00")),
+        ..TransactionFilter::default()
+    };
+    assert_eq!(amounts(between).await, ["10.00", "10.01", "100.00"]);
+    let exact = TransactionFilter {
+        account_id: Some(account_id),
+        amount_min: Some(money("10.01")),
+        amount_max: Some(money("10.01")),
+        ..TransactionFilter::default()
+    };
+    assert_eq!(amounts(exact).await, ["10.01"]);
+    let failed_airtime = TransactionFilter {
+        status: Some(TransactionStatus::Failed),
+        transaction_type: Some(TransactionType::SendAirtime),
+        ..TransactionFilter::default()
+    };
+    assert_eq!(amounts(failed_airtime).await, ["5.00", "1000.00"]);
+    let first = &all[0];
+    let from_second = TransactionFilter {
+        created_from: Some(all[1].created_at),
+        created_before: Some(all[3].created_at),
+        ..TransactionFilter::default()
+    };
+    let window = store.transactions_page(&from_second, None, 100).await;
+    let window: Vec<_> = window.unwrap();
+    assert!(window.iter().all(|t| t.created_at >= all[1].created_at));
+    assert!(window.iter().all(|t| t.created_at < all[3].created_at));
+    assert!(
+        !window
+            .iter()
+            .any(|t| t.transaction_id == first.transaction_id)
+    );
 }

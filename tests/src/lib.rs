@@ -132,7 +132,8 @@ pub struct User {
     pub token: String,
 }
 
-fn tally_bin() -> Result<PathBuf> {
+/// The `tally` binary the tests run.
+pub fn tally_bin() -> Result<PathBuf> {
     if let Ok(path) = std::env::var("TALLY_BIN") {
         return Ok(PathBuf::from(path));
     }
@@ -373,6 +374,46 @@ impl TestApp {
         Ok(changed)
     }
 
+    /// The rows `sql` selects from the app's read store, every column read as text: the query
+    /// casts what is not text (`CAST(x AS CHAR)` works on both backends).
+    pub async fn read_store_rows(&self, sql: &str) -> Result<Vec<Vec<Option<String>>>> {
+        use sqlx::Row;
+        let statement = sqlx::AssertSqlSafe(sql.to_owned());
+        let text = |row: &dyn Fn(usize) -> Result<Option<String>, sqlx::Error>, width: usize| {
+            (0..width).map(row).collect::<Result<Vec<_>, _>>()
+        };
+        let mut rows = Vec::new();
+        match &self._database {
+            Some(database) => {
+                let mut connection = sqlx::MySqlConnection::connect(&database.url()).await?;
+                for row in sqlx::query(statement).fetch_all(&mut connection).await? {
+                    rows.push(text(&|index| row.try_get(index), row.len())?);
+                }
+            }
+            None => {
+                let path = self.data_dir.path().join("read.db");
+                let url = format!("sqlite://{}", path.display());
+                let mut connection = sqlx::SqliteConnection::connect(&url).await?;
+                for row in sqlx::query(statement).fetch_all(&mut connection).await? {
+                    rows.push(text(&|index| row.try_get(index), row.len())?);
+                }
+            }
+        }
+        Ok(rows)
+    }
+
+    /// The flags that point another `tally` command (`tally export`) at this app's read
+    /// store: its data directory, or its MariaDB database.
+    pub fn read_store_args(&self) -> Vec<String> {
+        match &self._database {
+            Some(database) => vec!["--database-url".to_owned(), database.url()],
+            None => vec![
+                "--data-dir".to_owned(),
+                self.data_dir.path().display().to_string(),
+            ],
+        }
+    }
+
     /// Kills the process with SIGKILL: no draining, no committing.
     pub fn kill(&mut self) -> Result<()> {
         if let Some(mut child) = self.process.take() {
@@ -597,13 +638,15 @@ fn role_log_filter() -> String {
     std::env::var("TALLY_TEST_ROLE_LOG").unwrap_or_else(|_| "warn".to_owned())
 }
 
-/// The read tables a replay must rebuild exactly, offsets included.
-const READ_TABLES: [&str; 5] = [
+/// The read tables a replay must rebuild exactly, offsets and analysis tables included.
+const READ_TABLES: [&str; 7] = [
     "accounts",
     "transactions",
     "statement_lines",
     "account_events",
     "projection_offsets",
+    "daily_transaction_volumes",
+    "daily_airtime_destinations",
 ];
 
 /// How long the live projector may take to reach what a replay just read.

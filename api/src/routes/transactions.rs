@@ -1,9 +1,11 @@
 //! `POST /transaction` and `GET /transaction/{transactionId}`: money moves in, status comes out.
+//! `GET /transactions` lists them, as JSON or CSV.
 //!
 //! A submission is checked for shape, amount and ownership here, recorded, and appended as a
 //! command; the answer is 202 once the command is durably in the log. Funds are decided later,
 //! by the decider, so a balance that is too low shows up as a `FAILED` status, not as a 4xx.
 
+use axum::extract::rejection::QueryRejection;
 use axum::extract::{Query, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
@@ -22,6 +24,7 @@ use uuid::Uuid;
 use crate::auth::Caller;
 use crate::error::ApiError;
 use crate::extract::{JsonBody, Path};
+use crate::listing::{self, ListQuery, TransactionRecord};
 use crate::reads::{self, TransactionView};
 use crate::requests::{self, Recorded, TransactionRequest};
 use crate::routes::accounts::{EventsPage, EventsQuery};
@@ -32,6 +35,7 @@ pub fn router() -> Router<AppState> {
         .route("/transaction", post(submit))
         .route("/transaction/{transaction_id}", get(status))
         .route("/transaction/{transaction_id}/events", get(events))
+        .route("/transactions", get(list))
 }
 
 #[derive(Deserialize)]
@@ -406,4 +410,75 @@ fn age_ms(transaction_id: TransactionId) -> Option<u64> {
 
 fn not_found() -> ApiError {
     ApiError::not_found("transaction_not_found", "no such transaction")
+}
+
+/// A page of `GET /transactions` as JSON.
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct Page {
+    items: Vec<TransactionRecord>,
+    /// Pass as `cursor` to read the next page; null on the last page.
+    next_cursor: Option<String>,
+}
+
+/// The caller's transactions, or an administrator's pick of anyone's, oldest first, one page
+/// at a time: JSON, or CSV when `Accept` asks for `text/csv`.
+async fn list(
+    State(state): State<AppState>,
+    caller: Caller,
+    headers: HeaderMap,
+    query: Result<Query<ListQuery>, QueryRejection>,
+) -> Result<Response, ApiError> {
+    let Query(query) =
+        query.map_err(|error| ApiError::invalid("invalid_query", error.body_text()))?;
+    let mut listing = query.parse()?;
+    listing.filter.account_id = visible_account(&caller, listing.account)?;
+    let (rows, next) =
+        reads::transactions_page(&state.store, &listing.filter, listing.after, listing.limit)
+            .await?;
+    let items: Vec<TransactionRecord> = rows.iter().map(listing::record).collect();
+    let next_cursor = next.map(listing::encode_cursor);
+    match listing::wants_csv(&headers) {
+        true => csv_page(&items, next_cursor),
+        false => Ok(Json(Page { items, next_cursor }).into_response()),
+    }
+}
+
+/// The account a listing may show: a user's own, whatever else it names (another's answers
+/// 404, as a missing one does); an administrator's choice, or every account.
+fn visible_account(
+    caller: &Caller,
+    requested: Option<AccountId>,
+) -> Result<Option<AccountId>, ApiError> {
+    if caller.is_admin() {
+        return Ok(requested);
+    }
+    match requested {
+        Some(account_id) if account_id.0 != caller.uid => {
+            Err(ApiError::not_found("account_not_found", "no such account"))
+        }
+        _ => Ok(Some(AccountId(caller.uid))),
+    }
+}
+
+/// A page as CSV, with the next page's cursor in its header.
+fn csv_page(
+    items: &[TransactionRecord],
+    next_cursor: Option<String>,
+) -> Result<Response, ApiError> {
+    let mut writer = listing::csv_writer(Vec::new()).map_err(ApiError::internal)?;
+    for item in items {
+        writer.serialize(item).map_err(ApiError::internal)?;
+    }
+    let body = writer
+        .into_inner()
+        .map_err(|error| ApiError::internal(anyhow::anyhow!("{error}")))?;
+    let mut response = body.into_response();
+    let headers = response.headers_mut();
+    let content_type = HeaderValue::from_static("text/csv; charset=utf-8; header=present");
+    headers.insert(header::CONTENT_TYPE, content_type);
+    if let Some(cursor) = next_cursor.and_then(|cursor| HeaderValue::from_str(&cursor).ok()) {
+        headers.insert(listing::NEXT_CURSOR_HEADER, cursor);
+    }
+    Ok(response)
 }
