@@ -7,12 +7,13 @@
 //! A batch that fails on a transient error is applied again from scratch, which is safe
 //! because its transaction rolled back and its offsets did not move.
 
+use std::collections::{BTreeSet, HashMap};
 use std::error::Error;
 use std::sync::Arc;
 use std::time::Duration;
 
 use sqlx::Pool;
-use tally_commands::log::{Consumer, EventLog, Polled, Topic, TopicPartition};
+use tally_commands::log::{Consumer, EventLog, Polled, Record, Topic, TopicPartition};
 use tokio::sync::watch;
 
 use crate::analysis;
@@ -102,12 +103,14 @@ pub async fn run(
         "projector started"
     );
 
+    // The next offset to apply in each owned partition, as the store has it.
+    let mut positions: HashMap<TopicPartition, u64> = HashMap::new();
     // Endless on purpose: the projector follows the log for the life of the process, and
     // stops through `shutdown` or an error.
     while !shutdown_requested(&shutdown) {
         match next_poll(consumer.as_mut(), &settings, &mut shutdown).await? {
             Polled::Assigned(partitions) => {
-                resume(
+                let resumed = resume(
                     &store,
                     consumer.as_mut(),
                     &partitions,
@@ -115,15 +118,25 @@ pub async fn run(
                     &mut shutdown,
                 )
                 .await?;
+                positions.extend(resumed);
             }
             Polled::Revoked(partitions) => {
-                // Nothing is kept per partition between batches, so there is nothing to drop.
+                for partition in &partitions {
+                    positions.remove(partition);
+                }
                 tracing::info!(partitions = partitions.len(), "partitions revoked");
             }
             Polled::Records(records) if records.is_empty() => {}
             Polled::Records(records) => {
+                let records = drop_applied(consumer.as_mut(), &positions, records).await;
+                if records.is_empty() {
+                    continue;
+                }
                 let decoded = batch::decode(&records);
                 apply(&store, &decoded, &settings, &mut shutdown).await?;
+                for record in &records {
+                    positions.insert(record.topic_partition(), record.offset + 1);
+                }
             }
         }
     }
@@ -225,14 +238,56 @@ async fn next_poll(
     }
 }
 
-/// Moves the consumer to where the store says the projection stopped in each partition.
+/// Drops the records of a batch that the store already holds, and moves the consumer back to
+/// where the store stands in their partitions.
+///
+/// The consumer is moved to the store's offsets when partitions are assigned, but a consumer
+/// that has just reconnected (after a broker restart, say) has been seen to deliver records
+/// it fetched from the group's start before that move took. They were applied once already;
+/// applying them again would be refused by the store's offset check and stop the projector.
+async fn drop_applied(
+    consumer: &mut dyn Consumer,
+    positions: &HashMap<TopicPartition, u64>,
+    mut records: Vec<Record>,
+) -> Vec<Record> {
+    let applied = |record: &Record| {
+        positions
+            .get(&record.topic_partition())
+            .is_some_and(|&next| record.offset < next)
+    };
+    let stale: BTreeSet<TopicPartition> = (records.iter())
+        .filter(|record| applied(record))
+        .map(Record::topic_partition)
+        .collect();
+    if stale.is_empty() {
+        return records;
+    }
+    records.retain(|record| !applied(record));
+    for partition in stale {
+        let next = positions[&partition];
+        tracing::warn!(
+            topic = partition.topic.name(),
+            partition = partition.partition,
+            next,
+            "records already applied were delivered again; dropped, and the consumer moved"
+        );
+        if let Err(error) = consumer.seek(partition, next).await {
+            // Dropping keeps the projection exact; a consumer left behind only reads more.
+            tracing::warn!(%error, "could not move the consumer; it reads on from where it is");
+        }
+    }
+    records
+}
+
+/// Moves the consumer to where the store says the projection stopped in each partition, and
+/// returns those offsets.
 async fn resume(
     store: &ReadStore,
     consumer: &mut dyn Consumer,
     partitions: &[TopicPartition],
     settings: &ProjectorSettings,
     shutdown: &mut watch::Receiver<bool>,
-) -> Result<(), ProjectionError> {
+) -> Result<Vec<(TopicPartition, u64)>, ProjectionError> {
     let mut backoff = Backoff::new(settings);
     let stored = loop {
         match store.offsets().await {
@@ -240,15 +295,17 @@ async fn resume(
             Err(error) => backoff.pause(error, shutdown).await?,
         }
     };
+    let mut resumed = Vec::with_capacity(partitions.len());
     for &partition in partitions {
         let next_offset = next_offset(&stored, partition);
         consumer.seek(partition, next_offset).await?;
+        resumed.push((partition, next_offset));
     }
     tracing::info!(
         partitions = partitions.len(),
         "partitions assigned; resuming from the store"
     );
-    Ok(())
+    Ok(resumed)
 }
 
 /// Applies a decoded batch, applying it again from scratch after a transient failure.
@@ -432,6 +489,47 @@ mod tests {
     use crate::testing::*;
 
     fn assert_send<T: Send>(_: &T) {}
+
+    #[tokio::test]
+    async fn records_delivered_again_below_the_stored_offset_are_dropped_and_skipped_over() {
+        use tally_commands::log::NewRecord;
+        use tally_commands::log::sqlite::{SqliteLog, SqliteLogSettings};
+
+        let dir = tempfile::tempdir().unwrap();
+        let log = SqliteLog::open(SqliteLogSettings::new(dir.path(), 1))
+            .await
+            .unwrap();
+        let record = || NewRecord {
+            topic: Topic::Commands,
+            key: "k".to_owned(),
+            payload: b"{}".to_vec(),
+        };
+        log.append((0..5).map(|_| record()).collect())
+            .await
+            .unwrap();
+        let mut consumer = log.consumer(PROJECTION_NAME, &TOPICS).await.unwrap();
+        let wait = Duration::from_millis(100);
+        while !matches!(consumer.poll(10, wait).await.unwrap(), Polled::Assigned(_)) {}
+        let partition = TopicPartition {
+            topic: Topic::Commands,
+            partition: 0,
+        };
+        let delivered = log.read(partition, 0, 10).await.unwrap();
+        let positions = HashMap::from([(partition, 3)]);
+
+        let kept = drop_applied(consumer.as_mut(), &positions, delivered).await;
+
+        let offsets: Vec<u64> = kept.iter().map(|record| record.offset).collect();
+        assert_eq!(offsets, [3, 4]);
+        let next = loop {
+            if let Polled::Records(records) = consumer.poll(10, wait).await.unwrap()
+                && let Some(first) = records.first()
+            {
+                break first.offset;
+            }
+        };
+        assert_eq!(next, 3, "the consumer was moved to the stored offset");
+    }
 
     #[test]
     fn the_projector_can_be_spawned_on_a_multi_threaded_runtime() {
