@@ -14,12 +14,15 @@ use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto::Builder as ConnectionBuilder;
 use hyper_util::server::graceful::GracefulShutdown;
 use hyper_util::service::TowerToHyperService;
+use secrecy::{ExposeSecret, SecretString};
 use tally_commands::decider::{self, DeciderSettings};
 use tally_commands::log::EventLog;
 use tally_commands::log::kafka::{KafkaLog, KafkaLogSettings};
 use tally_commands::log::sqlite::{SqliteLog, SqliteLogSettings};
 use tally_processor::ProcessorSettings;
 use tally_processor::airtime::{AirtimeProvider, HttpProvider, HttpProviderSettings, Simulator};
+use tally_projections::compare::{self, Comparison};
+use tally_projections::verify::{self, VerifyReport, VerifySettings};
 use tally_projections::{ProjectorSettings, ReadStore};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
@@ -29,7 +32,7 @@ use tracing::{error, info, warn};
 use crate::auth::{self, AuthSettings, AuthState, JwtKeys, Role};
 use crate::routes;
 use crate::senders;
-use crate::settings::{AirtimeProviderKind, Settings};
+use crate::settings::{AirtimeProviderKind, ReadStoreLocation, Settings};
 use crate::state::AppState;
 
 /// Which roles a process runs. `tally up` runs them all; on a cluster each runs alone and
@@ -129,18 +132,29 @@ pub async fn start(settings: Settings, roles: Roles) -> anyhow::Result<RunningAp
     })
 }
 
-/// What `tally replay` measured.
-#[derive(Clone, Copy, Debug)]
+/// What `tally replay` measured, and what it found when told to compare.
+#[derive(Clone, Debug)]
 pub struct ReplayReport {
     pub replayed: tally_projections::Replayed,
     pub elapsed: std::time::Duration,
+    /// The rebuilt tables against the live store's, when `--compare-with` named one.
+    pub comparison: Option<Comparison>,
 }
 
 /// Rebuilds the read tables in the store `settings` name from the log, then returns. Meant
 /// for an empty database (an audit, a new read replica, a schema change): one that already
 /// holds projected rows is refused unless `resume` says a replay was cut short there. A store
 /// that a live projector writes must never be replayed into.
-pub async fn replay(settings: Settings, resume: bool) -> anyhow::Result<ReplayReport> {
+///
+/// With `compare_with`, the URL of a live store, the replay first stops where that store's
+/// projection stood when the replay began (read from one snapshot of it, so a projector
+/// writing there meanwhile does not matter), compares the two stores row by row, and then
+/// goes on to the end of the log.
+pub async fn replay(
+    settings: Settings,
+    resume: bool,
+    compare_with: Option<SecretString>,
+) -> anyhow::Result<ReplayReport> {
     let (log, store) = open_stores(&settings).await?;
     let applied = store
         .offsets()
@@ -154,13 +168,97 @@ pub async fn replay(settings: Settings, resume: bool) -> anyhow::Result<ReplayRe
         );
     }
     let started = std::time::Instant::now();
-    let replayed = tally_projections::replay(log.as_ref(), &store, &ProjectorSettings::default())
+    let projector = ProjectorSettings::default();
+    let (mut replayed, comparison) = match compare_with {
+        Some(url) => {
+            let (replayed, comparison) =
+                replay_and_compare(log.as_ref(), &store, &projector, &url).await?;
+            (replayed, Some(comparison))
+        }
+        None => (tally_projections::Replayed::default(), None),
+    };
+    let rest = tally_projections::replay(log.as_ref(), &store, &projector)
         .await
         .context("replay failed")?;
+    replayed.records += rest.records;
+    replayed.batches += rest.batches;
     Ok(ReplayReport {
         replayed,
         elapsed: started.elapsed(),
+        comparison,
     })
+}
+
+/// Replays up to where the live store at `live_url` stands and compares the two.
+async fn replay_and_compare(
+    log: &dyn EventLog,
+    store: &ReadStore,
+    projector: &ProjectorSettings,
+    live_url: &SecretString,
+) -> anyhow::Result<(tally_projections::Replayed, Comparison)> {
+    let live = ReadStore::open_read_only(live_url.expose_secret())
+        .await
+        .context("cannot open the store named by --compare-with")?;
+    let mut live_snapshot = live
+        .snapshot()
+        .await
+        .context("cannot read the live store")?;
+    let cut = (live_snapshot.offsets().await).context("cannot read the live store's offsets")?;
+    let replayed = tally_projections::replay_until(log, store, projector, &cut)
+        .await
+        .context("replay failed")?;
+    let mut replayed_snapshot = store.snapshot().await.context("cannot read the replay")?;
+    let comparison = compare::compare(&mut live_snapshot, &mut replayed_snapshot)
+        .await
+        .context("cannot compare the stores")?;
+    drop((live_snapshot, replayed_snapshot));
+    live.close().await;
+    Ok((replayed, comparison))
+}
+
+/// Audits the Tally `settings` name: its log against itself and against its read store,
+/// which is replayed into a scratch SQLite file in the system's temporary directory. Writes
+/// to neither; on the embedded log, Tally must be stopped, as the log is one process's.
+pub async fn verify(settings: Settings, pending_limit: Duration) -> anyhow::Result<VerifyReport> {
+    let read_store = settings.read_store().context("invalid --database-url")?;
+    let log = open_existing_log(&settings).await?;
+    let live = match &read_store {
+        ReadStoreLocation::Url(url) => ReadStore::open_read_only(url.expose_secret()).await,
+        ReadStoreLocation::DataDir(path) => {
+            anyhow::ensure!(path.is_file(), "no read store at {}", path.display());
+            ReadStore::open_read_only(&path.display().to_string()).await
+        }
+    }
+    .context("cannot open the read store to read it")?;
+    let scratch_dir = tempfile::tempdir().context("cannot make a scratch directory")?;
+    let scratch = ReadStore::open_sqlite(&scratch_dir.path().join("replay.db"))
+        .await
+        .context("cannot open the scratch store")?;
+    let verify_settings = VerifySettings {
+        pending_limit_ms: i64::try_from(pending_limit.as_millis()).unwrap_or(i64::MAX),
+        now: chrono::Utc::now(),
+        projector: ProjectorSettings::default(),
+    };
+    let report = verify::verify(log.as_ref(), &live, &scratch, &verify_settings)
+        .await
+        .context("the audit could not read the log or a store")?;
+    scratch.close().await;
+    live.close().await;
+    Ok(report)
+}
+
+/// Opens the log `settings` name, refusing to create an embedded one where none is: an audit
+/// of an empty directory is a mistake, not a clean ledger.
+async fn open_existing_log(settings: &Settings) -> anyhow::Result<Arc<dyn EventLog>> {
+    if settings.kafka.brokers.is_none() {
+        let log_file = settings.data_dir.join("log.db");
+        anyhow::ensure!(
+            log_file.is_file(),
+            "no event log at {}: give the --data-dir of the Tally to audit",
+            log_file.display()
+        );
+    }
+    open_log(settings).await
 }
 
 /// Opens the log and the read store the settings name, creating the data directory first.

@@ -2,6 +2,8 @@
 //! library. Every role lives in a library function that tests can call.
 
 use std::io::Read;
+use std::process::ExitCode;
+use std::time::Duration;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
@@ -41,11 +43,16 @@ enum Command {
     /// several may run side by side.
     Notify(Settings),
     /// Rebuilds the read tables of an empty database (--database-url) from the log, prints
-    /// how many records it applied and how fast, and exits.
+    /// how many records it applied and how fast, and exits; with --compare-with, also compares
+    /// them with a live store row by row. Exits 1 when they differ, 2 on an error.
     Replay(ReplayArgs),
     /// Writes rows of the read store out, for analysts: `tally export transactions`.
     #[command(subcommand)]
     Export(ExportCommand),
+    /// Audits a Tally: the hash chains of the event log, every account's stream and money,
+    /// every transaction's end, and the read store against a replay of the log. Writes
+    /// nothing. Exits 0 when clean, 1 on any finding, 2 when it cannot run.
+    Verify(VerifyArgs),
     /// Measures a Tally (an embedded one unless --url is given) under load.
     Bench(tally_api::bench::BenchSettings),
     /// Manages users.
@@ -59,8 +66,60 @@ struct ReplayArgs {
     settings: Settings,
     /// Go on with a replay that was cut short, from where its offsets stand, instead of
     /// refusing a database that already holds projected rows.
-    #[arg(long)]
+    #[arg(long, conflicts_with = "compare_with")]
     resume: bool,
+    /// The database URL of a live read store to compare the rebuilt tables with, row by row,
+    /// as of where its projection stands when the replay begins. It is only read.
+    #[arg(long, env = "TALLY_COMPARE_WITH", hide_env_values = true)]
+    compare_with: Option<SecretString>,
+}
+
+#[derive(clap::Args)]
+struct VerifyArgs {
+    #[command(flatten)]
+    settings: Settings,
+    /// How long a transaction whose command is in the log may go without a final status
+    /// before that is a finding rather than information: `90s`, `5m`, `1h`, `500ms`.
+    #[arg(long, default_value = "5m", value_parser = parse_duration)]
+    pending_limit: Duration,
+    /// How the report is printed.
+    #[arg(long, value_enum, default_value_t = ReportFormat::Text)]
+    format: ReportFormat,
+}
+
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum ReportFormat {
+    /// One line per finding, then a summary.
+    Text,
+    /// The whole report as one JSON document.
+    Json,
+}
+
+/// The exit code of an audit or a comparison that found something.
+const EXIT_FINDINGS: u8 = 1;
+/// The exit code of an audit or a comparison that could not run.
+const EXIT_CANNOT_RUN: u8 = 2;
+
+/// A duration with its unit: `500ms`, `90s`, `5m`, `1h`.
+fn parse_duration(text: &str) -> Result<Duration, String> {
+    let split = text
+        .find(|c: char| !c.is_ascii_digit())
+        .ok_or_else(|| format!("{text:?} has no unit: use ms, s, m or h"))?;
+    let (number, unit) = text.split_at(split);
+    let number: u64 = number
+        .parse()
+        .map_err(|_| format!("{text:?} does not start with a whole number"))?;
+    let unit_ms = match unit {
+        "ms" => 1,
+        "s" => 1_000,
+        "m" => 60_000,
+        "h" => 3_600_000,
+        _ => return Err(format!("unknown unit {unit:?}: use ms, s, m or h")),
+    };
+    let ms = number
+        .checked_mul(unit_ms)
+        .ok_or_else(|| format!("{text:?} is too long"))?;
+    Ok(Duration::from_millis(ms))
 }
 
 #[derive(Subcommand)]
@@ -99,11 +158,96 @@ enum UserCommand {
 }
 
 #[tokio::main]
-async fn main() -> anyhow::Result<()> {
+async fn main() -> ExitCode {
     let cli = Cli::parse();
-    // An export may write its rows to standard output, so its logs go elsewhere.
-    init_tracing(matches!(cli.command, Command::Export(_)));
+    // An export, an audit and a replay print their results on standard output, so their
+    // logs go to standard error.
+    let tool = matches!(
+        cli.command,
+        Command::Export(_) | Command::Verify(_) | Command::Replay(_)
+    );
+    init_tracing(tool);
     match cli.command {
+        Command::Verify(args) => verify(args).await,
+        Command::Replay(args) => replay(args).await,
+        command => match run_command(command).await {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(error) => {
+                eprintln!("Error: {error:?}");
+                ExitCode::FAILURE
+            }
+        },
+    }
+}
+
+/// Runs `tally verify` and prints its report.
+async fn verify(args: VerifyArgs) -> ExitCode {
+    let report = match app::verify(args.settings, args.pending_limit).await {
+        Ok(report) => report,
+        Err(error) => return cannot_run(&error),
+    };
+    match args.format {
+        ReportFormat::Text => print!("{}", report.to_text()),
+        ReportFormat::Json => match serde_json::to_string_pretty(&report) {
+            Ok(json) => println!("{json}"),
+            Err(error) => return cannot_run(&error.into()),
+        },
+    }
+    match report.failed() {
+        true => ExitCode::from(EXIT_FINDINGS),
+        false => ExitCode::SUCCESS,
+    }
+}
+
+/// Runs `tally replay`, printing what it did and, when it compared, every difference.
+async fn replay(args: ReplayArgs) -> ExitCode {
+    let ReplayArgs {
+        settings,
+        resume,
+        compare_with,
+    } = args;
+    let report = match app::replay(settings, resume, compare_with).await {
+        Ok(report) => report,
+        Err(error) => return cannot_run(&error),
+    };
+    let seconds = report.elapsed.as_secs_f64();
+    let records = report.replayed.records;
+    println!("replayed records   {records}");
+    println!("batches            {}", report.replayed.batches);
+    println!("elapsed            {seconds:.2} s");
+    println!(
+        "rate               {:.0} records/s",
+        records as f64 / seconds.max(1e-9)
+    );
+    let Some(comparison) = report.comparison else {
+        return ExitCode::SUCCESS;
+    };
+    for difference in &comparison.differences {
+        println!("DIFF {difference}");
+    }
+    if comparison.differences_omitted > 0 {
+        println!(
+            "... and {} differences more",
+            comparison.differences_omitted
+        );
+    }
+    let differing = comparison.differences.len() as u64 + comparison.differences_omitted;
+    println!("rows compared      {}", comparison.rows_compared);
+    println!("rows differing     {differing}");
+    match comparison.is_equal() {
+        true => ExitCode::SUCCESS,
+        false => ExitCode::from(EXIT_FINDINGS),
+    }
+}
+
+/// Prints why an audit or a comparison could not run, its causes on one line.
+fn cannot_run(error: &anyhow::Error) -> ExitCode {
+    eprintln!("Error: {error:#}");
+    ExitCode::from(EXIT_CANNOT_RUN)
+}
+
+async fn run_command(command: Command) -> anyhow::Result<()> {
+    match command {
         Command::Up(settings) => run(settings, Roles::ALL).await,
         Command::Api(settings) => {
             run(
@@ -155,25 +299,14 @@ async fn main() -> anyhow::Result<()> {
             )
             .await
         }
-        Command::Replay(ReplayArgs { settings, resume }) => {
-            let report = app::replay(settings, resume).await?;
-            let seconds = report.elapsed.as_secs_f64();
-            let records = report.replayed.records;
-            println!("replayed records   {records}");
-            println!("batches            {}", report.replayed.batches);
-            println!("elapsed            {seconds:.2} s");
-            println!(
-                "rate               {:.0} records/s",
-                records as f64 / seconds.max(1e-9)
-            );
-            Ok(())
-        }
         Command::Export(ExportCommand::Transactions(args)) => {
             let rows = tally_api::export::run(&args).await?;
             tracing::info!(rows, "export finished");
             Ok(())
         }
         Command::Bench(settings) => tally_api::bench::run(settings).await,
+        // Handled before, for their exit codes.
+        Command::Verify(_) | Command::Replay(_) => Ok(()),
         Command::User(UserCommand::Create {
             username,
             roles,
@@ -271,4 +404,28 @@ fn read_password() -> anyhow::Result<SecretString> {
     Ok(SecretString::from(
         password.trim_end_matches(['\r', '\n']).to_owned(),
     ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_duration_needs_a_whole_number_and_a_unit() {
+        assert_eq!(parse_duration("500ms"), Ok(Duration::from_millis(500)));
+        assert_eq!(parse_duration("90s"), Ok(Duration::from_secs(90)));
+        assert_eq!(parse_duration("5m"), Ok(Duration::from_secs(300)));
+        assert_eq!(parse_duration("1h"), Ok(Duration::from_secs(3_600)));
+        for refused in [
+            "5",
+            "m",
+            "1.5m",
+            "-1s",
+            "5 m",
+            "2d",
+            "99999999999999999999h",
+        ] {
+            assert!(parse_duration(refused).is_err(), "{refused}");
+        }
+    }
 }

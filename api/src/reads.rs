@@ -370,5 +370,7 @@ fn event_json(row: AccountEventRow) -> Value {
             "offset": row.log_offset,
         },
         "payload": row.payload,
+        "previousHash": row.previous_hash,
+        "hash": row.hash,
     })
 }

@@ -5,13 +5,18 @@
 //! domain, and in one atomic step appends the resulting events and commits the commands it
 //! consumed. Because exactly one decider owns a partition at a time, and the log fences a
 //! decider that lost it, two debits of one account are always decided one after the other.
+//!
+//! Being the only writer of its partitions of the events topic, it also links every event into
+//! its partition's hash chain ([`tally_domain::chain`]): it learns each chain's head while it
+//! rebuilds the streams, links the events of a batch in the order they are appended, and moves
+//! the heads on only once the batch is committed.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::sync::Arc;
 use std::time::Duration;
 
 use chrono::Utc;
-use tally_domain::{AccountId, AccountLedger, CommandContext, EventEnvelope, ledger};
+use tally_domain::{AccountId, AccountLedger, CommandContext, EventEnvelope, EventHash, ledger};
 use tokio::sync::watch;
 use tracing::{debug, error, info, instrument, warn};
 
@@ -63,6 +68,13 @@ pub enum DecideError {
         offset: u64,
         source: tally_domain::ledger::StreamError,
     },
+    /// An event would go to a partition whose chain head this decider never learned: its key
+    /// and its command's key disagree. Linking it from a guess would break the chain.
+    #[error("an event for account {account_id} goes to partition {partition}, not caught up")]
+    UnknownChainHead {
+        account_id: AccountId,
+        partition: u32,
+    },
 }
 
 /// The streams of the partitions one decider owns.
@@ -71,6 +83,9 @@ struct Streams {
     ledgers: HashMap<AccountId, AccountLedger>,
     /// Per events partition, the offset up to which its events are applied.
     applied_to: HashMap<u32, u64>,
+    /// Per events partition, the hash of its last committed event: what the next event
+    /// written there chains from.
+    heads: HashMap<u32, EventHash>,
     /// Partitions assigned but not yet decided in. Before the first decision in one, its
     /// events are read again from where the rebuild stopped: a member that lost the partition
     /// may have had a transaction completing while the rebuild read, whose events became
@@ -122,22 +137,26 @@ async fn run_member(
             Polled::Records(batch) if batch.is_empty() => {}
             Polled::Records(batch) => {
                 streams.check_before_deciding(log.as_ref(), &batch).await?;
-                decide_batch(consumer.as_mut(), &mut streams, batch).await?;
+                decide_batch(log.as_ref(), consumer.as_mut(), &mut streams, batch).await?;
             }
         }
     }
     Ok(())
 }
 
-/// Decides a batch of commands and commits their events with the consumed offsets.
+/// Decides a batch of commands, links their events into their partitions' chains, and commits
+/// them with the consumed offsets. The chain heads move only once the commit succeeded: a
+/// batch that was fenced or aborted left nothing in the log to chain from.
 #[instrument(skip_all, fields(commands = batch.len()))]
 async fn decide_batch(
+    log: &dyn EventLog,
     consumer: &mut dyn Consumer,
     streams: &mut Streams,
     batch: Vec<Record>,
 ) -> Result<(), DecideError> {
     let consumed = consumed_offsets(&batch);
     let mut produced = Vec::with_capacity(batch.len() * 3);
+    let mut heads = HashMap::new();
     for record in batch {
         let Some(command) = decode_command(&record) else {
             continue;
@@ -150,10 +169,13 @@ async fn decide_batch(
             warn!(partition, offset, %command_id, "command stored too late to be decided");
             continue;
         }
-        produced.extend(streams.decide(command).await.iter().map(event_record));
+        for envelope in streams.decide(command).await {
+            produced.push(streams.link(log, &mut heads, envelope)?);
+        }
     }
     let events = produced.len();
     consumer.commit(consumed, produced).await?;
+    streams.heads.extend(heads);
     debug!(events, "batch decided");
     Ok(())
 }
@@ -185,14 +207,6 @@ fn consumed_offsets(batch: &[Record]) -> Vec<ConsumedOffset> {
         .collect()
 }
 
-fn event_record(envelope: &EventEnvelope) -> NewRecord {
-    NewRecord {
-        topic: Topic::Events,
-        key: envelope.account_id.to_string(),
-        payload: envelope.to_json(),
-    }
-}
-
 impl Streams {
     async fn decide(&mut self, envelope: CommandEnvelope) -> Vec<EventEnvelope> {
         let account_id = envelope.account_id;
@@ -211,6 +225,37 @@ impl Streams {
             info!(%account_id, %command_id, rejection = code, "command rejected");
         }
         decision.events
+    }
+
+    /// Links a decided event after the head of its partition in this batch (`batch_heads`,
+    /// which starts from the committed heads) and makes it a record of the events topic.
+    fn link(
+        &self,
+        log: &dyn EventLog,
+        batch_heads: &mut HashMap<u32, EventHash>,
+        mut envelope: EventEnvelope,
+    ) -> Result<NewRecord, DecideError> {
+        let key = envelope.account_id.to_string();
+        let partition = log.partition_for(&key);
+        let head = match batch_heads.get(&partition) {
+            Some(head) => *head,
+            None => *self
+                .heads
+                .get(&partition)
+                .ok_or(DecideError::UnknownChainHead {
+                    account_id: envelope.account_id,
+                    partition,
+                })?,
+        };
+        let payload = envelope.link(head);
+        if let Some(hash) = envelope.hash {
+            batch_heads.insert(partition, hash);
+        }
+        Ok(NewRecord {
+            topic: Topic::Events,
+            key,
+            payload,
+        })
     }
 
     /// Applies the events of one partition from where its streams stand to the partition's
@@ -234,6 +279,7 @@ impl Streams {
             }
         }
         self.applied_to.insert(partition, next.max(end));
+        self.heads.entry(partition).or_insert(EventHash::GENESIS);
         info!(partition, from, to = next.max(end), "partition caught up");
         Ok(())
     }
@@ -263,6 +309,7 @@ impl Streams {
                 source,
             }
         })?;
+        self.follow_chain(partition, offset, &envelope);
         let account_id = envelope.account_id;
         let ledger = self
             .ledgers
@@ -277,6 +324,31 @@ impl Streams {
             })
     }
 
+    /// Moves the partition's chain head to a stored event. Its content is not hashed again
+    /// here, which would slow every rebuild; `tally verify` does that. A link that does not
+    /// match is only logged: the log is what it is, and the next event chains from it.
+    fn follow_chain(&mut self, partition: u32, offset: u64, envelope: &EventEnvelope) {
+        let Some(hash) = envelope.hash else {
+            debug!(
+                partition,
+                offset, "event without a hash; the chain skips it"
+            );
+            return;
+        };
+        let head = self
+            .heads
+            .get(&partition)
+            .copied()
+            .unwrap_or(EventHash::GENESIS);
+        if envelope.previous_hash != Some(head) {
+            error!(
+                partition,
+                offset, "event does not chain from the one before it"
+            );
+        }
+        self.heads.insert(partition, hash);
+    }
+
     fn drop_partitions(&mut self, log: &dyn EventLog, partitions: &[TopicPartition]) {
         let owned_elsewhere = |account_id: &AccountId| {
             let partition = log.partition_for(&account_id.to_string());
@@ -288,6 +360,7 @@ impl Streams {
             .retain(|account_id, _| !owned_elsewhere(account_id));
         for revoked in partitions {
             self.applied_to.remove(&revoked.partition);
+            self.heads.remove(&revoked.partition);
             self.unchecked.remove(&revoked.partition);
         }
     }

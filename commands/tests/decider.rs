@@ -1,5 +1,5 @@
-//! The decider over the embedded log: it decides commands into events, and it survives being
-//! fenced by rejoining its group.
+//! The decider over the embedded log: it decides commands into events, links them into each
+//! partition's hash chain, and survives being fenced by rejoining its group.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -8,7 +8,10 @@ use tally_commands::decider::{self, DeciderSettings, GROUP};
 use tally_commands::log::sqlite::{SqliteLog, SqliteLogSettings};
 use tally_commands::log::{EventLog, Topic, TopicPartition};
 use tally_commands::message::CommandEnvelope;
-use tally_domain::{AccountId, AccountInfo, Amount, Currency, LedgerCommand, TransactionId};
+use tally_domain::{
+    AccountId, AccountInfo, Amount, Currency, EventEnvelope, EventHash, LedgerCommand, Link,
+    TransactionId,
+};
 use tokio::sync::watch;
 
 /// How long a test waits for the decider; far above what deciding a few commands takes.
@@ -56,6 +59,99 @@ async fn wait_for_events(log: &Arc<SqliteLog>, account_id: AccountId, count: u64
     }
 }
 
+/// Waits until the events partitions hold at least `count` records between them.
+async fn wait_for_all_events(log: &Arc<SqliteLog>, count: u64) {
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        let mut stored = 0;
+        for partition in 0..log.partition_count() {
+            let events = TopicPartition {
+                topic: Topic::Events,
+                partition,
+            };
+            stored += log.end_offset(events).await.expect("end offset");
+        }
+        if stored >= count {
+            return;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the decider did not decide in time"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+/// Checks that every event of every events partition links to the one before it, from the
+/// genesis hash on, and returns how many events it checked.
+async fn assert_chains_hold(log: &Arc<SqliteLog>) -> usize {
+    let mut checked = 0;
+    let mut scratch = Vec::new();
+    for partition in 0..log.partition_count() {
+        let events = TopicPartition {
+            topic: Topic::Events,
+            partition,
+        };
+        let mut head = EventHash::GENESIS;
+        for record in log.read(events, 0, 1_000).await.expect("read events") {
+            let envelope = EventEnvelope::from_json(&record.payload).expect("event");
+            let link = envelope.check_link(&head, &mut scratch);
+            assert_eq!(
+                link,
+                Link::Linked,
+                "partition {partition} offset {}",
+                record.offset
+            );
+            head = envelope.hash.expect("linked events carry their hash");
+            checked += 1;
+        }
+    }
+    checked
+}
+
+async fn stop_decider(
+    stop: watch::Sender<bool>,
+    running: tokio::task::JoinHandle<Result<(), decider::DecideError>>,
+) {
+    stop.send(true).expect("decider still listens");
+    let outcome = tokio::time::timeout(WAIT, running)
+        .await
+        .expect("decider stops");
+    outcome
+        .expect("decider task")
+        .expect("decider ends cleanly");
+}
+
+#[tokio::test]
+async fn every_partition_chains_its_events_from_the_genesis_hash_across_batches() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let log = SqliteLog::open(SqliteLogSettings::new(dir.path(), 2))
+        .await
+        .expect("open log");
+    let (stop, stopping) = watch::channel(false);
+    let running = tokio::spawn(decider::run(
+        log.clone(),
+        DeciderSettings::default(),
+        stopping,
+    ));
+
+    let accounts: Vec<AccountId> = (0..6).map(|_| AccountId::new()).collect();
+    for account_id in &accounts {
+        append(&log, *account_id, open_account()).await;
+    }
+    for account_id in &accounts {
+        append(&log, *account_id, add_money("10")).await;
+        wait_for_events(&log, *account_id, 1).await;
+    }
+    for account_id in &accounts {
+        append(&log, *account_id, add_money("2.5")).await;
+    }
+    wait_for_all_events(&log, accounts.len() as u64 * 7).await;
+    stop_decider(stop, running).await;
+
+    assert_eq!(assert_chains_hold(&log).await, accounts.len() * 7);
+}
+
 #[tokio::test]
 async fn a_fenced_decider_rejoins_and_goes_on_deciding() {
     let dir = tempfile::tempdir().expect("tempdir");
@@ -82,14 +178,10 @@ async fn a_fenced_decider_rejoins_and_goes_on_deciding() {
     );
     append(&log, account_id, add_money("5")).await;
     wait_for_events(&log, account_id, 7).await;
+    stop_decider(stop, running).await;
 
-    stop.send(true).expect("decider still listens");
-    let outcome = tokio::time::timeout(WAIT, running)
-        .await
-        .expect("decider stops");
-    outcome
-        .expect("decider task")
-        .expect("decider ends cleanly");
+    // The rejoined member learned the head again from the log and chained on from it.
+    assert_eq!(assert_chains_hold(&log).await, 7);
 }
 
 #[tokio::test]
@@ -116,10 +208,15 @@ async fn events_committed_after_the_rebuild_are_applied_before_the_first_decisio
         now: chrono::Utc::now(),
     };
     let late = ledger.decide(open_account(), context).await.events;
-    let records = late.iter().map(|event| tally_commands::log::NewRecord {
-        topic: Topic::Events,
-        key: account_id.to_string(),
-        payload: event.to_json(),
+    let mut head = EventHash::GENESIS;
+    let records = late.into_iter().map(|mut event| {
+        let payload = event.link(head);
+        head = event.hash.expect("linked");
+        tally_commands::log::NewRecord {
+            topic: Topic::Events,
+            key: account_id.to_string(),
+            payload,
+        }
     });
     log.append(records.collect())
         .await
@@ -145,14 +242,10 @@ async fn events_committed_after_the_rebuild_are_applied_before_the_first_decisio
         [1, 2, 3, 4],
         "the decision follows the late events"
     );
+    stop_decider(stop, running).await;
 
-    stop.send(true).expect("decider still listens");
-    let outcome = tokio::time::timeout(WAIT, running)
-        .await
-        .expect("decider stops");
-    outcome
-        .expect("decider task")
-        .expect("decider ends cleanly");
+    // ... and chains from them.
+    assert_eq!(assert_chains_hold(&log).await, 4);
 }
 
 /// A transaction id minted `age` ago.

@@ -3,12 +3,15 @@
 //! Every event belongs to exactly one account stream and has a place in it: sequence numbers
 //! start at 1 and grow by exactly one, with no gap and no repeat. The envelope is versioned
 //! through `event_version`; a payload change that old readers cannot read gets a new version.
+//! Every event the decider writes also carries its place in its partition's hash chain
+//! ([`crate::chain`]).
 
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
 use crate::account::AccountEvent;
+use crate::chain::EventHash;
 use crate::ids::{AccountId, EventId};
 use crate::transaction::TransactionEvent;
 
@@ -60,6 +63,15 @@ pub struct EventEnvelope {
     /// The command that caused the event.
     pub causation_id: Uuid,
     pub event: LedgerEvent,
+    /// The hash of the event before this one in its partition of the events topic, or the
+    /// genesis hash for the first. Set by the decider when it links the event
+    /// ([`EventEnvelope::link`]); `None` until then. These two fields stay last: the stored
+    /// JSON is the canonical bytes with them appended.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub previous_hash: Option<EventHash>,
+    /// SHA-256 of `previous_hash` and the event's canonical bytes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hash: Option<EventHash>,
 }
 
 impl EventEnvelope {

@@ -544,6 +544,8 @@ impl AccountLedger {
                 correlation_id,
                 causation_id,
                 event,
+                previous_hash: None,
+                hash: None,
             });
         }
         sealed

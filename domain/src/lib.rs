@@ -6,6 +6,7 @@
 //! the commands of one account's stream, where the account and its transactions meet.
 
 pub mod account;
+pub mod chain;
 pub mod contact;
 pub mod event;
 pub mod ids;
@@ -16,6 +17,7 @@ pub mod phone;
 pub mod transaction;
 
 pub use account::{Account, AccountCommand, AccountError, AccountEvent};
+pub use chain::{EventHash, Link};
 pub use contact::{AccountInfo, BillingAddress, ContactError};
 pub use event::{EventEnvelope, LedgerEvent};
 pub use ids::{AccountId, CommandId, EventId, NotificationId, TransactionId};

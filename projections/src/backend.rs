@@ -33,6 +33,10 @@ pub trait Backend:
     /// The statement that opens a transaction which will write.
     const BEGIN_WRITE: &'static str;
 
+    /// The statement that opens a transaction which only reads, and whose every read sees the
+    /// store as it stood at one moment: what an audit compares against.
+    const BEGIN_SNAPSHOT: &'static str;
+
     /// Appended to a SELECT whose rows the transaction must keep to itself until it commits.
     const FOR_UPDATE: &'static str;
 
@@ -61,6 +65,8 @@ pub trait Backend:
 /// cannot change under it and no read needs a lock of its own.
 impl Backend for Sqlite {
     const BEGIN_WRITE: &'static str = "BEGIN IMMEDIATE";
+    /// A deferred transaction reads from one WAL snapshot, taken at its first read.
+    const BEGIN_SNAPSHOT: &'static str = "BEGIN";
     const FOR_UPDATE: &'static str = "";
     /// `SQLITE_MAX_VARIABLE_NUMBER` of the bundled SQLite.
     const BOUND_VALUES_MAX: usize = 32_766;
@@ -95,6 +101,9 @@ impl Backend for Sqlite {
 /// `VALUES(column)` is what MariaDB understands; MySQL 8 accepts it with a deprecation note.
 impl Backend for MySql {
     const BEGIN_WRITE: &'static str = "START TRANSACTION";
+    /// InnoDB takes the snapshot at once rather than at the first read; it holds for the whole
+    /// transaction under REPEATABLE READ, which a read-only store sets on every connection.
+    const BEGIN_SNAPSHOT: &'static str = "START TRANSACTION WITH CONSISTENT SNAPSHOT, READ ONLY";
     const FOR_UPDATE: &'static str = " FOR UPDATE";
     /// The protocol's 16-bit count of statement parameters.
     const BOUND_VALUES_MAX: usize = 65_535;

@@ -618,6 +618,8 @@ fn audit_row(record: &Decoded, envelope: &EventEnvelope) -> AccountEventRow {
         log_partition: record.partition,
         log_offset: record.offset,
         payload,
+        previous_hash: envelope.previous_hash,
+        hash: envelope.hash,
     }
 }
 

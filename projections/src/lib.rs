@@ -12,10 +12,15 @@
 //! transaction together with the offsets it reached, and the projector resumes from those
 //! offsets, never from the log's consumer-group offsets. Every row can be rebuilt by replaying
 //! the log into an empty store.
+//!
+//! It also owns the audit, which proves exactly that: [`compare`] sets the read tables of two
+//! stores side by side, row by row, and [`verify`] checks the log's hash chains and every
+//! account's money, then compares the read store with a replay of the log.
 
 mod analysis;
 mod backend;
 mod batch;
+pub mod compare;
 mod error;
 mod history;
 mod money;
@@ -27,16 +32,19 @@ mod store;
 pub mod test_support;
 #[cfg(test)]
 mod testing;
+pub mod verify;
 mod writes;
 
 pub use backend::{Backend, Bind, Binds, Executes, Get, Gets};
 pub use error::ProjectionError;
 pub use history::{AppliedEvent, AsOf, PointInTimeBalance};
 pub use money::{MONEY_COLUMN_DIGITS, MONEY_COLUMN_SCALE, Money};
-pub use projector::{PROJECTION_NAME, ProjectorSettings, Replayed, lag, next_offset, replay, run};
+pub use projector::{
+    PROJECTION_NAME, ProjectorSettings, Replayed, lag, next_offset, replay, replay_until, run,
+};
 pub use queries::{
     ACCOUNT_EVENTS_PAGE_SIZE_MAX, AccountEventRow, AccountView, StoredOffset,
     TRANSACTIONS_PAGE_SIZE_MAX, TransactionCursor, TransactionFilter, TransactionView,
 };
 pub use sql::{Sql, Tuple};
-pub use store::{ReadStore, StorePool};
+pub use store::{ReadStore, Snapshot, StorePool};

@@ -9,11 +9,12 @@
 
 use std::collections::{BTreeSet, HashMap};
 use std::error::Error;
+use std::ops::Range;
 use std::sync::Arc;
 use std::time::Duration;
 
 use sqlx::Pool;
-use tally_commands::log::{Consumer, EventLog, Polled, Record, Topic, TopicPartition};
+use tally_commands::log::{Consumer, EventLog, LogError, Polled, Record, Topic, TopicPartition};
 use tokio::sync::watch;
 
 use crate::analysis;
@@ -166,42 +167,84 @@ pub async fn replay(
     store: &ReadStore,
     settings: &ProjectorSettings,
 ) -> Result<Replayed, ProjectionError> {
+    replay_within(log, store, settings, None).await
+}
+
+/// Like [`replay`], but stops each partition where `until` says another store's projection
+/// stopped (its `next_offset`; a partition `until` does not name is not read): the store then
+/// holds exactly what that one held at those offsets, which is what an audit compares.
+pub async fn replay_until(
+    log: &dyn EventLog,
+    store: &ReadStore,
+    settings: &ProjectorSettings,
+    until: &[StoredOffset],
+) -> Result<Replayed, ProjectionError> {
+    replay_within(log, store, settings, Some(until)).await
+}
+
+async fn replay_within(
+    log: &dyn EventLog,
+    store: &ReadStore,
+    settings: &ProjectorSettings,
+    until: Option<&[StoredOffset]>,
+) -> Result<Replayed, ProjectionError> {
     settings.validate()?;
     let stored = store.offsets().await?;
     let mut replayed = Replayed::default();
-    // Nothing stops a replay half-way but an error; the sender stays alive so that retries
-    // wait out their pauses.
-    let (_never_sent, mut never) = watch::channel(false);
     for partition in 0..log.partition_count() {
         // Commands first, so that a transaction shows ACCEPTED before its events move it on,
         // as it does live.
         for topic in [Topic::Commands, Topic::Events] {
             let partition = TopicPartition { topic, partition };
-            let end = log.end_offset(partition).await?;
+            let log_end = log.end_offset(partition).await?;
+            let end = until.map_or(log_end, |until| next_offset(until, partition).min(log_end));
             let from = next_offset(&stored, partition);
-            let read = |from: u64| async move {
-                match from < end {
-                    true => log.read(partition, from, settings.batch_records_max).await,
-                    false => Ok(Vec::new()),
-                }
-            };
-            let mut records = read(from).await?;
-            // An empty read means the end, or only transaction markers before it.
-            while let Some(last) = records.last() {
-                let decoded = batch::decode(&records);
-                // The next batch is read while this one is written.
-                let (applied, following) = tokio::join!(
-                    apply(store, &decoded, settings, &mut never),
-                    read(last.offset + 1)
-                );
-                applied?;
-                replayed.records += records.len() as u64;
-                replayed.batches += 1;
-                records = following?;
-            }
+            replay_partition(log, store, settings, partition, from..end, &mut replayed).await?;
         }
     }
     Ok(replayed)
+}
+
+/// Applies the records of one partition whose offsets lie in `range`.
+async fn replay_partition(
+    log: &dyn EventLog,
+    store: &ReadStore,
+    settings: &ProjectorSettings,
+    partition: TopicPartition,
+    range: Range<u64>,
+    replayed: &mut Replayed,
+) -> Result<(), ProjectionError> {
+    // Nothing stops a replay half-way but an error; the sender stays alive so that retries
+    // wait out their pauses.
+    let (_never_sent, mut never) = watch::channel(false);
+    let read = |from: u64| {
+        let end = range.end;
+        async move {
+            if from >= end {
+                return Ok(Vec::new());
+            }
+            let mut records = log
+                .read(partition, from, settings.batch_records_max)
+                .await?;
+            records.truncate(records.partition_point(|record| record.offset < end));
+            Ok::<_, LogError>(records)
+        }
+    };
+    let mut records = read(range.start).await?;
+    // An empty read means the end, or only transaction markers before it.
+    while let Some(last) = records.last() {
+        let decoded = batch::decode(&records);
+        // The next batch is read while this one is written.
+        let (applied, following) = tokio::join!(
+            apply(store, &decoded, settings, &mut never),
+            read(last.offset + 1)
+        );
+        applied?;
+        replayed.records += records.len() as u64;
+        replayed.batches += 1;
+        records = following?;
+    }
+    Ok(())
 }
 
 /// Records in the log the projection has not applied yet, over every partition it reads.
@@ -326,7 +369,10 @@ async fn apply(
 
 /// Applies a batch and its offsets in one transaction, on whichever backend the store runs.
 #[tracing::instrument(skip_all, fields(records = batch.len()))]
-async fn apply_batch(store: &ReadStore, batch: &[Decoded]) -> Result<(), ProjectionError> {
+pub(crate) async fn apply_batch(
+    store: &ReadStore,
+    batch: &[Decoded],
+) -> Result<(), ProjectionError> {
     let changes = with_pool!(store, pool => apply_batch_on(pool, batch).await)?;
     log_applied(&changes);
     Ok(())

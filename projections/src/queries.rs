@@ -13,8 +13,8 @@ use serde::{Serialize, Serializer};
 use sqlx::Pool;
 use tally_commands::log::{Topic, TopicPartition};
 use tally_domain::{
-    AccountId, BillingAddress, CommandId, Currency, EventId, FailureReason, TransactionId,
-    TransactionStatus, TransactionType,
+    AccountId, BillingAddress, CommandId, Currency, EventHash, EventId, FailureReason,
+    TransactionId, TransactionStatus, TransactionType,
 };
 use uuid::Uuid;
 
@@ -23,7 +23,7 @@ use crate::backend::{Backend, Get};
 use crate::error::ProjectionError;
 use crate::money::Money;
 use crate::sql::Sql;
-use crate::store::ReadStore;
+use crate::store::{ReadStore, Snapshot, with_snapshot};
 use crate::with_pool;
 
 /// The most events one `account_events` call returns. An audit page of this size is a few
@@ -45,7 +45,7 @@ const ACCOUNT_COLUMNS: &str = "account_id, name, email, phone_number, address_li
 /// The columns [`account_event_from_row`] reads.
 pub(crate) const ACCOUNT_EVENT_COLUMNS: &str = "account_id, sequence, event_id, event_type, \
     event_version, occurred_at_ms, correlation_id, causation_id, log_topic, log_partition, \
-    log_offset, payload";
+    log_offset, payload, previous_hash, hash";
 
 const TRANSACTION_COLUMNS: &str = "transaction_id, account_id, transaction_type, status, \
     amount, currency, phone_number, failure_reason, provider_reference, created_at_ms, \
@@ -112,6 +112,11 @@ pub struct AccountEventRow {
     pub log_offset: u64,
     /// The event payload, as in the `event` field of its envelope.
     pub payload: serde_json::Value,
+    /// The hash of the event before it in its partition's chain; `None` for an event written
+    /// before events were chained.
+    pub previous_hash: Option<EventHash>,
+    /// The event's own hash in the chain.
+    pub hash: Option<EventHash>,
 }
 
 /// Which transactions a listing selects. Every field that is set narrows it; the default
@@ -232,6 +237,15 @@ impl ReadStore {
     /// How far the projection has read every partition it has applied records from.
     pub async fn offsets(&self) -> Result<Vec<StoredOffset>, ProjectionError> {
         with_pool!(self, pool => select_projector_offsets(pool).await)
+    }
+}
+
+impl Snapshot {
+    /// How far the projection had read every partition at the snapshot's moment.
+    pub async fn offsets(&mut self) -> Result<Vec<StoredOffset>, ProjectionError> {
+        with_snapshot!(self, DB, conn => {
+            select_offsets::<DB>(conn, crate::projector::PROJECTION_NAME, "").await
+        })
     }
 }
 
@@ -404,7 +418,7 @@ pub(crate) async fn stored_offsets_for_update<DB: Backend>(
     select_offsets::<DB>(conn, projection, DB::FOR_UPDATE).await
 }
 
-async fn select_offsets<DB: Backend>(
+pub(crate) async fn select_offsets<DB: Backend>(
     conn: &mut DB::Connection,
     projection: &str,
     lock: &str,
@@ -628,7 +642,18 @@ pub(crate) fn account_event_from_row<DB: Backend>(
         log_partition: partition_column::<DB>(row, "log_partition")?,
         log_offset: unsigned_column::<DB>(row, "log_offset")?,
         payload,
+        previous_hash: hash_column::<DB>(row, "previous_hash")?,
+        hash: hash_column::<DB>(row, "hash")?,
     })
+}
+
+fn hash_column<DB: Backend>(
+    row: &DB::Row,
+    column: &'static str,
+) -> Result<Option<EventHash>, ProjectionError> {
+    let text: Option<String> = row.value(column)?;
+    text.map(|text| EventHash::parse(&text).map_err(|_| unreadable(column, text)))
+        .transpose()
 }
 
 fn offset_from_row<DB: Backend>(row: &DB::Row) -> Result<StoredOffset, ProjectionError> {

@@ -14,8 +14,9 @@ use std::time::Duration;
 use sqlx::migrate::Migrator;
 use sqlx::mysql::{MySqlConnectOptions, MySqlPoolOptions};
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
-use sqlx::{AssertSqlSafe, Executor, MySqlPool, SqlitePool};
+use sqlx::{AssertSqlSafe, Executor, MySql, MySqlPool, Sqlite, SqlitePool};
 
+use crate::backend::Backend;
 use crate::error::ProjectionError;
 
 /// SQLite connections in the pool. The projector holds one while it applies a batch, and the
@@ -93,6 +94,30 @@ impl ReadStore {
         }
     }
 
+    /// Opens the store at `url` only to read it, as an audit does: no migration runs, SQLite is
+    /// opened read-only and must exist, and every MySQL session is read-only under REPEATABLE
+    /// READ. The schema must already be current (any `tally` role brings it up to date).
+    pub async fn open_read_only(url: &str) -> Result<ReadStore, ProjectionError> {
+        match target(url)? {
+            Target::Sqlite(options) => open_sqlite_read_only(options).await,
+            Target::MySql(options) => open_mysql_for(options, MySqlUse::ReadOnly).await,
+        }
+    }
+
+    /// Opens a read transaction that sees the whole store as it stood at one moment, however
+    /// long it is held and whatever is written meanwhile. It holds one connection.
+    pub async fn snapshot(&self) -> Result<Snapshot, ProjectionError> {
+        let connection = match &self.pool {
+            StorePool::Sqlite(pool) => {
+                SnapshotConnection::Sqlite(pool.begin_with(Sqlite::BEGIN_SNAPSHOT).await?)
+            }
+            StorePool::MySql(pool) => {
+                SnapshotConnection::MySql(pool.begin_with(MySql::BEGIN_SNAPSHOT).await?)
+            }
+        };
+        Ok(Snapshot { connection })
+    }
+
     /// Checks that `url` names a database [`ReadStore::open`] can open, without connecting.
     pub fn check_url(url: &str) -> Result<(), ProjectionError> {
         target(url).map(drop)
@@ -116,6 +141,45 @@ impl ReadStore {
         }
     }
 }
+
+/// A read transaction over one moment of the store; see [`ReadStore::snapshot`]. Dropping it
+/// ends the transaction, which wrote nothing.
+pub struct Snapshot {
+    connection: SnapshotConnection,
+}
+
+pub(crate) enum SnapshotConnection {
+    Sqlite(sqlx::Transaction<'static, Sqlite>),
+    MySql(sqlx::Transaction<'static, MySql>),
+}
+
+impl Snapshot {
+    pub(crate) fn connection(&mut self) -> &mut SnapshotConnection {
+        &mut self.connection
+    }
+}
+
+/// Runs `$body` with `$conn` bound to the snapshot's connection (`&mut SqliteConnection` or
+/// `&mut MySqlConnection`) and `$db` naming its backend, compiled once for each backend like
+/// [`with_pool!`].
+macro_rules! with_snapshot {
+    ($snapshot:expr, $db:ident, $conn:ident => $body:expr) => {
+        match $snapshot.connection() {
+            $crate::store::SnapshotConnection::Sqlite(transaction) => {
+                type $db = sqlx::Sqlite;
+                let $conn = &mut **transaction;
+                $body
+            }
+            $crate::store::SnapshotConnection::MySql(transaction) => {
+                type $db = sqlx::MySql;
+                let $conn = &mut **transaction;
+                $body
+            }
+        }
+    };
+}
+
+pub(crate) use with_snapshot;
 
 /// The database a URL names, with its connection options parsed.
 enum Target {
@@ -164,31 +228,80 @@ async fn open_sqlite(options: SqliteConnectOptions) -> Result<ReadStore, Project
     })
 }
 
-/// Every connection bounds its lock waits like SQLite's busy timeout, and refuses a value
-/// that does not fit its column instead of truncating it, whatever the server's defaults.
-/// sqlx has already set UTF-8 (`utf8mb4`) and the UTC time zone.
+/// Read-only, without creating the file or running migrations. No journal mode is set:
+/// changing it needs a write.
+async fn open_sqlite_read_only(
+    options: SqliteConnectOptions,
+) -> Result<ReadStore, ProjectionError> {
+    let options = options.read_only(true).busy_timeout(LOCK_TIMEOUT);
+    let path = options.get_filename().display().to_string();
+    let pool = SqlitePoolOptions::new()
+        .max_connections(READ_ONLY_CONNECTIONS_MAX)
+        .acquire_timeout(ACQUIRE_TIMEOUT)
+        .connect_with(options)
+        .await?;
+    tracing::info!(backend = "sqlite", path, "read store opened to read only");
+    Ok(ReadStore {
+        pool: StorePool::Sqlite(pool),
+    })
+}
+
+/// How a MySQL store is opened: to be written by Tally, or only read by an audit.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum MySqlUse {
+    Write,
+    ReadOnly,
+}
+
+/// Connections of a store opened only to be read: an audit holds one snapshot and a few
+/// short reads beside it.
+const READ_ONLY_CONNECTIONS_MAX: u32 = 4;
+
 async fn open_mysql(options: MySqlConnectOptions) -> Result<ReadStore, ProjectionError> {
-    let session = format!(
-        "SET SESSION innodb_lock_wait_timeout = {}, \
-         SESSION sql_mode = CONCAT(@@sql_mode, ',STRICT_ALL_TABLES')",
+    open_mysql_for(options, MySqlUse::Write).await
+}
+
+/// Every connection bounds its lock waits like SQLite's busy timeout. One that writes refuses
+/// a value that does not fit its column instead of truncating it, whatever the server's
+/// defaults; one that only reads cannot write, and each of its transactions reads from one
+/// snapshot. sqlx has already set UTF-8 (`utf8mb4`) and the UTC time zone.
+async fn open_mysql_for(
+    options: MySqlConnectOptions,
+    usage: MySqlUse,
+) -> Result<ReadStore, ProjectionError> {
+    let lock_wait = format!(
+        "SET SESSION innodb_lock_wait_timeout = {}",
         LOCK_TIMEOUT.as_secs()
     );
+    let (session, connections_max) = match usage {
+        MySqlUse::Write => (
+            "SET SESSION sql_mode = CONCAT(@@sql_mode, ',STRICT_ALL_TABLES')",
+            MYSQL_CONNECTIONS_MAX,
+        ),
+        MySqlUse::ReadOnly => (
+            "SET SESSION TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY",
+            READ_ONLY_CONNECTIONS_MAX,
+        ),
+    };
     let pool = MySqlPoolOptions::new()
-        .max_connections(MYSQL_CONNECTIONS_MAX)
+        .max_connections(connections_max)
         .acquire_timeout(ACQUIRE_TIMEOUT)
         .idle_timeout(MYSQL_IDLE_TIMEOUT)
         .max_lifetime(MYSQL_CONNECTION_LIFETIME_MAX)
         .after_connect(move |conn, _| {
-            let session = session.clone();
+            let lock_wait = lock_wait.clone();
             Box::pin(async move {
-                conn.execute(AssertSqlSafe(session)).await?;
+                conn.execute(AssertSqlSafe(lock_wait)).await?;
+                conn.execute(session).await?;
                 Ok(())
             })
         })
         .connect_with(options.clone())
         .await?;
 
-    MYSQL_MIGRATOR.run(&pool).await?;
+    if usage == MySqlUse::Write {
+        MYSQL_MIGRATOR.run(&pool).await?;
+    }
     tracing::info!(
         backend = "mysql",
         host = options.get_host(),

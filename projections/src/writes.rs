@@ -39,6 +39,8 @@ const ACCOUNT_EVENTS: Table = Table {
         "log_partition",
         "log_offset",
         "payload",
+        "previous_hash",
+        "hash",
     ],
 };
 
@@ -165,6 +167,21 @@ const PROJECTION_OFFSETS: Table = Table {
         "skipped_records",
     ],
 };
+
+/// The columns the projector writes to `table`; none for a table it does not write.
+#[cfg(test)]
+pub(crate) fn columns_of(table: &str) -> &'static [&'static str] {
+    let tables = [
+        ACCOUNT_EVENTS,
+        STATEMENT_LINES,
+        ACCOUNTS,
+        TRANSACTIONS,
+        PROJECTION_OFFSETS,
+    ];
+    (tables.into_iter())
+        .find(|written| written.name == table)
+        .map_or(&[], |written| written.columns)
+}
 
 /// Writes what a batch changed, and where it leaves each partition, for `projection`.
 pub(crate) async fn write<DB: Backend>(
@@ -351,7 +368,9 @@ async fn insert_account_events<DB: Backend>(
             .bind(row.log_topic.name())
             .bind(i64::from(row.log_partition))
             .bind(to_sql(row.log_offset))
-            .bind(row.payload.to_string());
+            .bind(row.payload.to_string())
+            .bind(row.previous_hash.map(|hash| hash.to_string()))
+            .bind(row.hash.map(|hash| hash.to_string()));
     })
     .await
 }

@@ -414,6 +414,60 @@ impl TestApp {
         }
     }
 
+    /// Runs `tally <subcommand>` as an operator would beside this app: on its log and read
+    /// store (the embedded ones in `data_dir`, or its topics and database), with `args` after
+    /// them, and returns what it printed and how it exited.
+    pub fn run_tally(
+        &self,
+        subcommand: &str,
+        data_dir: &std::path::Path,
+        args: &[&str],
+    ) -> Result<std::process::Output> {
+        self.run_tally_with(subcommand, data_dir, &self.backend_args, args)
+    }
+
+    /// Like [`TestApp::run_tally`], but on the read store at `database_url` in place of the
+    /// app's: for `tally replay` into a fresh database.
+    pub fn run_tally_on_database(
+        &self,
+        subcommand: &str,
+        data_dir: &std::path::Path,
+        database_url: &str,
+        args: &[&str],
+    ) -> Result<std::process::Output> {
+        let mut backend_args = self.backend_args.clone();
+        match backend_args.iter().position(|arg| arg == "--database-url") {
+            Some(at) => backend_args[at + 1] = database_url.to_owned(),
+            None => backend_args.extend(["--database-url".to_owned(), database_url.to_owned()]),
+        }
+        self.run_tally_with(subcommand, data_dir, &backend_args, args)
+    }
+
+    fn run_tally_with(
+        &self,
+        subcommand: &str,
+        data_dir: &std::path::Path,
+        backend_args: &[String],
+        args: &[&str],
+    ) -> Result<std::process::Output> {
+        Command::new(tally_bin()?)
+            .arg(subcommand)
+            .arg("--data-dir")
+            .arg(data_dir)
+            .args(backend_args)
+            .args(args)
+            .env_remove("TALLY_KAFKA_BROKERS")
+            .env_remove("TALLY_DATABASE_URL")
+            .env("TALLY_LOG", "warn")
+            .output()
+            .with_context(|| format!("cannot run tally {subcommand}"))
+    }
+
+    /// The read store's database URL on Kafka and MariaDB; `None` on the embedded default.
+    pub fn database_url(&self) -> Option<String> {
+        self._database.as_ref().map(MysqlDatabase::url)
+    }
+
     /// Kills the process with SIGKILL: no draining, no committing.
     pub fn kill(&mut self) -> Result<()> {
         if let Some(mut child) = self.process.take() {
@@ -544,6 +598,32 @@ impl Drop for TestApp {
     fn drop(&mut self) {
         let _ = self.kill();
     }
+}
+
+/// Runs SQL statements on the embedded log of the data directory `data_dir` (`log.db`), with
+/// no Tally running there: for tests that tamper with the log as an intruder with the file
+/// could.
+pub async fn execute_on_log(data_dir: &std::path::Path, statements: &[String]) -> Result<()> {
+    let url = format!("sqlite://{}", data_dir.join("log.db").display());
+    let mut connection = sqlx::SqliteConnection::connect(&url).await?;
+    for statement in statements {
+        let statement = sqlx::AssertSqlSafe(statement.clone());
+        sqlx::query(statement).execute(&mut connection).await?;
+    }
+    connection.close().await?;
+    Ok(())
+}
+
+/// Copies the files of a stopped app's data directory into a new temporary one.
+pub fn copy_data_dir(data_dir: &std::path::Path) -> Result<TempDir> {
+    let copy = tempfile::tempdir()?;
+    for entry in std::fs::read_dir(data_dir)? {
+        let entry = entry?;
+        if entry.file_type()?.is_file() {
+            std::fs::copy(entry.path(), copy.path().join(entry.file_name()))?;
+        }
+    }
+    Ok(copy)
 }
 
 /// The administrator password every test app is started with.
@@ -731,6 +811,32 @@ impl Deployment {
             }
             tokio::time::sleep(Duration::from_millis(500)).await;
         }
+    }
+
+    /// Runs `tally verify` beside the live roles, on the deployment's topics and database, and
+    /// checks that it finds nothing: every partition's hash chain holds across the deciders
+    /// that were killed or fenced, every account's money adds up, and the read tables equal a
+    /// replay of the log up to where the live projector stands.
+    pub fn assert_audit_clean(&self) -> Result<()> {
+        let data_dir = tempfile::tempdir()?;
+        let output = Command::new(tally_bin()?)
+            .arg("verify")
+            .arg("--data-dir")
+            .arg(data_dir.path())
+            .args(&self.backend_args)
+            .env_remove("TALLY_KAFKA_BROKERS")
+            .env_remove("TALLY_DATABASE_URL")
+            .env("TALLY_LOG", "warn")
+            .output()
+            .context("cannot run tally verify")?;
+        anyhow::ensure!(
+            output.status.success(),
+            "tally verify exited with {}:\n{}{}",
+            output.status,
+            String::from_utf8_lossy(&output.stdout),
+            String::from_utf8_lossy(&output.stderr)
+        );
+        Ok(())
     }
 
     /// Starts one process per entry of `roles` and waits until every API answers. The APIs

@@ -1,8 +1,9 @@
 //! Faults on the real backends: Tally runs as separate role processes on Kafka and MariaDB
 //! under a mixed load of keyed requests, and workers are killed with SIGKILL at random moments.
 //! Whatever is killed, every accepted transaction ends exactly once, every account's event
-//! stream stays gapless, every balance is what the accepted requests add up to, and the read
-//! tables equal a replay of the log into an empty database.
+//! stream stays gapless, every balance is what the accepted requests add up to, the read
+//! tables equal a replay of the log into an empty database, and `tally verify` finds nothing:
+//! every partition's hash chain holds across the deciders that were killed or fenced.
 
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
@@ -64,6 +65,7 @@ where
         );
         load.verify(&accepted).await?;
         deployment.assert_read_tables_match_a_replay().await?;
+        deployment.assert_audit_clean()?;
         let resends = load.resends.load(Ordering::Relaxed);
         eprintln!(
             "loaded in {loaded:?}, verified in {:?}, {resends} resends",
