@@ -177,9 +177,11 @@ pub async fn replay(
         }
         None => (tally_projections::Replayed::default(), None),
     };
-    let rest = tally_projections::replay(log.as_ref(), &store, &projector)
+    let bar = ReplayBar::new("to the end of the log");
+    let rest = tally_projections::replay(log.as_ref(), &store, &projector, &bar.report())
         .await
         .context("replay failed")?;
+    bar.finish();
     replayed.records += rest.records;
     replayed.batches += rest.batches;
     Ok(ReplayReport {
@@ -187,6 +189,44 @@ pub async fn replay(
         elapsed: started.elapsed(),
         comparison,
     })
+}
+
+/// The progress bar of a replay on standard error: offsets done of the total, records
+/// applied, the rate, and the time left. It is drawn only on a terminal; elsewhere (a log
+/// file, CI) the summary `tally replay` prints at the end says the same.
+struct ReplayBar {
+    bar: indicatif::ProgressBar,
+}
+
+impl ReplayBar {
+    fn new(stage: &'static str) -> ReplayBar {
+        let bar = indicatif::ProgressBar::with_draw_target(
+            None,
+            indicatif::ProgressDrawTarget::stderr_with_hz(4),
+        );
+        let style = indicatif::ProgressStyle::with_template(
+            "{prefix} [{bar:30}] {percent:>3}%  {msg} records  {per_sec}  {eta} left",
+        );
+        // The template is a constant known to parse; the default style is a fine fallback.
+        if let Ok(style) = style {
+            bar.set_style(style.progress_chars("=> "));
+        }
+        bar.set_prefix(format!("replay {stage}"));
+        ReplayBar { bar }
+    }
+
+    /// What the replay calls after each batch.
+    fn report(&self) -> impl Fn(tally_projections::ReplayProgress) + Send + Sync + '_ {
+        |progress| {
+            self.bar.set_length(progress.offsets_total);
+            self.bar.set_position(progress.offsets_done);
+            self.bar.set_message(progress.records.to_string());
+        }
+    }
+
+    fn finish(self) {
+        self.bar.finish_and_clear();
+    }
 }
 
 /// Replays up to where the live store at `live_url` stands and compares the two.
@@ -204,9 +244,11 @@ async fn replay_and_compare(
         .await
         .context("cannot read the live store")?;
     let cut = (live_snapshot.offsets().await).context("cannot read the live store's offsets")?;
-    let replayed = tally_projections::replay_until(log, store, projector, &cut)
+    let bar = ReplayBar::new("up to the live store");
+    let replayed = tally_projections::replay_until(log, store, projector, &cut, &bar.report())
         .await
         .context("replay failed")?;
+    bar.finish();
     let mut replayed_snapshot = store.snapshot().await.context("cannot read the replay")?;
     let comparison = compare::compare(&mut live_snapshot, &mut replayed_snapshot)
         .await

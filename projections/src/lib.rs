@@ -40,7 +40,8 @@ pub use error::ProjectionError;
 pub use history::{AppliedEvent, AsOf, PointInTimeBalance};
 pub use money::{MONEY_COLUMN_DIGITS, MONEY_COLUMN_SCALE, Money};
 pub use projector::{
-    PROJECTION_NAME, ProjectorSettings, Replayed, lag, next_offset, replay, replay_until, run,
+    PROJECTION_NAME, Progress, ProjectorSettings, ReplayProgress, Replayed, lag, next_offset,
+    replay, replay_until, run,
 };
 pub use queries::{
     ACCOUNT_EVENTS_PAGE_SIZE_MAX, AccountEventRow, AccountView, StoredOffset,

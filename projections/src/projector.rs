@@ -166,9 +166,26 @@ pub async fn replay(
     log: &dyn EventLog,
     store: &ReadStore,
     settings: &ProjectorSettings,
+    progress: &Progress<'_>,
 ) -> Result<Replayed, ProjectionError> {
-    replay_within(log, store, settings, None).await
+    replay_within(log, store, settings, None, progress).await
 }
+
+/// How far a replay has come, reported after every batch it applies.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ReplayProgress {
+    /// Records applied so far.
+    pub records: u64,
+    /// Offsets behind the replay, out of `offsets_total`. Offsets measure the work: on Kafka
+    /// they also count transaction markers, so they run ahead of records.
+    pub offsets_done: u64,
+    /// Offsets between where the store stood and where the replay stops, over every
+    /// partition, as measured when it began.
+    pub offsets_total: u64,
+}
+
+/// What a replay reports its progress to.
+pub type Progress<'a> = dyn Fn(ReplayProgress) + Send + Sync + 'a;
 
 /// Like [`replay`], but stops each partition where `until` says another store's projection
 /// stopped (its `next_offset`; a partition `until` does not name is not read): the store then
@@ -178,8 +195,9 @@ pub async fn replay_until(
     store: &ReadStore,
     settings: &ProjectorSettings,
     until: &[StoredOffset],
+    progress: &Progress<'_>,
 ) -> Result<Replayed, ProjectionError> {
-    replay_within(log, store, settings, Some(until)).await
+    replay_within(log, store, settings, Some(until), progress).await
 }
 
 async fn replay_within(
@@ -187,10 +205,11 @@ async fn replay_within(
     store: &ReadStore,
     settings: &ProjectorSettings,
     until: Option<&[StoredOffset]>,
+    progress: &Progress<'_>,
 ) -> Result<Replayed, ProjectionError> {
     settings.validate()?;
     let stored = store.offsets().await?;
-    let mut replayed = Replayed::default();
+    let mut ranges = Vec::new();
     for partition in 0..log.partition_count() {
         // Commands first, so that a transaction shows ACCEPTED before its events move it on,
         // as it does live.
@@ -199,10 +218,35 @@ async fn replay_within(
             let log_end = log.end_offset(partition).await?;
             let end = until.map_or(log_end, |until| next_offset(until, partition).min(log_end));
             let from = next_offset(&stored, partition);
-            replay_partition(log, store, settings, partition, from..end, &mut replayed).await?;
+            ranges.push((partition, from..end));
         }
     }
-    Ok(replayed)
+    let mut tracker = Tracker {
+        replayed: Replayed::default(),
+        progress: ReplayProgress {
+            offsets_total: ranges.iter().map(|(_, range)| range_len(range)).sum(),
+            ..ReplayProgress::default()
+        },
+        report: progress,
+    };
+    for (partition, range) in ranges {
+        let done_before = tracker.progress.offsets_done;
+        replay_partition(log, store, settings, partition, range.clone(), &mut tracker).await?;
+        tracker.progress.offsets_done = done_before + range_len(&range);
+        (tracker.report)(tracker.progress);
+    }
+    Ok(tracker.replayed)
+}
+
+/// What a replay has done, and where it reports it.
+struct Tracker<'a, 'b> {
+    replayed: Replayed,
+    progress: ReplayProgress,
+    report: &'a Progress<'b>,
+}
+
+fn range_len(range: &Range<u64>) -> u64 {
+    range.end.saturating_sub(range.start)
 }
 
 /// Applies the records of one partition whose offsets lie in `range`.
@@ -212,8 +256,9 @@ async fn replay_partition(
     settings: &ProjectorSettings,
     partition: TopicPartition,
     range: Range<u64>,
-    replayed: &mut Replayed,
+    tracker: &mut Tracker<'_, '_>,
 ) -> Result<(), ProjectionError> {
+    let done_before = tracker.progress.offsets_done;
     // Nothing stops a replay half-way but an error; the sender stays alive so that retries
     // wait out their pauses.
     let (_never_sent, mut never) = watch::channel(false);
@@ -240,8 +285,11 @@ async fn replay_partition(
             read(last.offset + 1)
         );
         applied?;
-        replayed.records += records.len() as u64;
-        replayed.batches += 1;
+        tracker.replayed.records += records.len() as u64;
+        tracker.replayed.batches += 1;
+        tracker.progress.records += records.len() as u64;
+        tracker.progress.offsets_done = done_before + (last.offset + 1 - range.start);
+        (tracker.report)(tracker.progress);
         records = following?;
     }
     Ok(())

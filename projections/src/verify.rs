@@ -359,7 +359,7 @@ async fn compare_with_replay(
     settings: &VerifySettings,
     findings: &mut Findings,
 ) -> Result<u64, ProjectionError> {
-    if let Err(error) = replay_until(log, scratch, &settings.projector, cut).await {
+    if let Err(error) = replay_until(log, scratch, &settings.projector, cut, &|_| {}).await {
         if is_operational(&error) {
             return Err(error);
         }

@@ -19,8 +19,8 @@ use tally_domain::{
 };
 use tally_projections::test_support::{TestBackend, TestStore};
 use tally_projections::{
-    Backend, Get, Money, ProjectionError, ProjectorSettings, ReadStore, Sql, TransactionFilter,
-    TransactionView, backend_tests, lag, replay, run, with_pool,
+    Backend, Get, Money, ProjectionError, ProjectorSettings, ReadStore, ReplayProgress, Sql,
+    TransactionFilter, TransactionView, backend_tests, lag, replay, run, with_pool,
 };
 use tempfile::TempDir;
 use tokio::sync::watch;
@@ -573,12 +573,33 @@ async fn a_replay_into_an_empty_store_gives_the_tables_the_live_projector_built(
 
     let replayed_test = world.store().await;
     let replayed_store = replayed_test.store();
-    let replayed = replay(world.log.as_ref(), replayed_store, &small_batches(7))
-        .await
-        .unwrap();
+    let reports = std::sync::Mutex::new(Vec::new());
+    let report = |progress| reports.lock().unwrap().push(progress);
+    let replayed = replay(
+        world.log.as_ref(),
+        replayed_store,
+        &small_batches(7),
+        &report,
+    )
+    .await
+    .unwrap();
     let appended = u64::try_from(world.events + world.commands).unwrap();
     assert_eq!(replayed.records, appended);
     assert!(replayed.batches >= appended / 7);
+    let reports: Vec<ReplayProgress> = reports.into_inner().unwrap();
+    assert!(
+        reports.len() as u64 >= replayed.batches,
+        "a report after every batch"
+    );
+    assert!(
+        reports
+            .windows(2)
+            .all(|pair| pair[0].offsets_done <= pair[1].offsets_done)
+    );
+    let last = reports.last().copied().unwrap_or_default();
+    assert_eq!(last.records, appended);
+    assert_eq!(last.offsets_done, last.offsets_total);
+    assert!(last.offsets_total >= appended);
     let rows = dump(live).await;
     assert!(rows.len() > world.events, "every table should have rows");
     assert_eq!(rows, dump(replayed_store).await);
@@ -588,6 +609,7 @@ async fn a_replay_into_an_empty_store_gives_the_tables_the_live_projector_built(
         world.log.as_ref(),
         replayed_store,
         &ProjectorSettings::default(),
+        &|_| {},
     )
     .await
     .unwrap();
