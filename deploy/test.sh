@@ -44,4 +44,7 @@ echo "==> fault suites (roles killed under load)"
 cargo test -p tally-tests --features fault-suites --locked --test faults || status=$?
 echo "==> fault suite (the broker restarted under load)"
 cargo test -p tally-tests --features fault-suites --locked --test broker_restart || status=$?
+echo "==> replay of 100,000 transactions compared with the live read tables"
+cargo test -p tally-tests --features fault-suites --locked --test replay_at_scale -- \
+    --nocapture --test-threads 1 || status=$?
 exit "$status"
