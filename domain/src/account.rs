@@ -320,8 +320,18 @@ impl Account {
     }
 
     /// Applies a decided event. Panics only if the event breaks a ledger invariant, which would
-    /// mean the log itself is corrupt: continuing would spread wrong balances.
+    /// mean the log itself is corrupt: continuing would spread wrong balances. Events read back
+    /// from storage go through [`Account::try_apply_event`] instead.
     pub fn apply_event(&mut self, event: AccountEvent) {
+        if let Err(broken) = self.try_apply_event(event) {
+            panic!("{broken}: the event log is corrupt");
+        }
+    }
+
+    /// Applies a stored event, or names the ledger invariant it breaks (a credit whose
+    /// `balanceAfter` does not follow, a release of money never held, ...). After an error the
+    /// account is in no useful state: the stream it came from is corrupt.
+    pub fn try_apply_event(&mut self, event: AccountEvent) -> Result<(), &'static str> {
         if let AccountEvent::AccountOpened {
             info,
             billing_address,
@@ -336,34 +346,37 @@ impl Account {
                 holds: BTreeMap::new(),
                 held: Decimal::ZERO,
             });
-            return;
+            return Ok(());
         }
         let Some(open) = self.opened.as_mut() else {
-            panic!(
-                "event {} for an account that was never opened",
-                event.name()
-            );
+            return Err("an event for an account that was never opened");
         };
-        open.apply(event);
-        assert!(open.held >= Decimal::ZERO, "held money went negative");
-        assert!(open.held <= open.balance, "holds exceed the posted balance");
-        assert!(
+        open.apply(event)?;
+        holds(open.held >= Decimal::ZERO, "held money went negative")?;
+        holds(open.held <= open.balance, "holds exceed the posted balance")?;
+        holds(
             open.balance <= Decimal::from(BALANCE_MAJOR_UNITS_MAX),
-            "balance above maximum"
-        );
+            "balance above maximum",
+        )
     }
 }
 
+/// `Ok` when an invariant holds, the name of the broken one otherwise.
+fn holds(invariant: bool, broken: &'static str) -> Result<(), &'static str> {
+    if invariant { Ok(()) } else { Err(broken) }
+}
+
 impl OpenAccount {
-    fn apply(&mut self, event: AccountEvent) {
+    fn apply(&mut self, event: AccountEvent) -> Result<(), &'static str> {
         match event {
-            AccountEvent::AccountOpened { .. } => {}
+            AccountEvent::AccountOpened { .. } => Ok(()),
             AccountEvent::AccountUpdated {
                 info,
                 billing_address,
             } => {
                 self.info = info;
                 self.billing_address = billing_address;
+                Ok(())
             }
             AccountEvent::AccountCredited {
                 amount,
@@ -371,7 +384,7 @@ impl OpenAccount {
                 ..
             } => {
                 self.balance += amount.value();
-                assert_eq!(self.balance, balance_after, "credit does not add up");
+                holds(self.balance == balance_after, "a credit does not add up")
             }
             AccountEvent::AccountDebited {
                 amount,
@@ -379,7 +392,7 @@ impl OpenAccount {
                 ..
             } => {
                 self.balance -= amount.value();
-                assert_eq!(self.balance, balance_after, "debit does not add up");
+                holds(self.balance == balance_after, "a debit does not add up")
             }
             AccountEvent::FundsReserved {
                 transaction_id,
@@ -388,7 +401,7 @@ impl OpenAccount {
             } => {
                 self.holds.insert(transaction_id, amount);
                 self.held += amount.value();
-                assert_eq!(self.held, held_after, "reservation does not add up");
+                holds(self.held == held_after, "a reservation does not add up")
             }
             AccountEvent::ReservationPosted {
                 transaction_id,
@@ -396,30 +409,34 @@ impl OpenAccount {
                 balance_after,
                 held_after,
             } => {
-                self.release(transaction_id, amount);
+                self.release(transaction_id, amount)?;
                 self.balance -= amount.value();
-                assert_eq!(self.balance, balance_after, "posting does not add up");
-                assert_eq!(self.held, held_after, "posting does not add up");
+                holds(self.balance == balance_after, "a posting does not add up")?;
+                holds(self.held == held_after, "a posting does not add up")
             }
             AccountEvent::ReservationVoided {
                 transaction_id,
                 amount,
                 held_after,
             } => {
-                self.release(transaction_id, amount);
-                assert_eq!(self.held, held_after, "void does not add up");
+                self.release(transaction_id, amount)?;
+                holds(self.held == held_after, "a void does not add up")
             }
         }
     }
 
-    fn release(&mut self, transaction_id: TransactionId, amount: Amount) {
+    fn release(
+        &mut self,
+        transaction_id: TransactionId,
+        amount: Amount,
+    ) -> Result<(), &'static str> {
         let hold = self.holds.remove(&transaction_id);
-        assert_eq!(
-            hold,
-            Some(amount),
-            "released a reservation that was not held"
-        );
+        holds(
+            hold == Some(amount),
+            "a release of a reservation that was not held",
+        )?;
         self.held -= amount.value();
+        Ok(())
     }
 }
 

@@ -178,6 +178,8 @@ pub enum StreamError {
     WrongAccount { expected: AccountId, got: AccountId },
     #[error("sequence {got} follows {previous}: the stream has a gap or a repeat")]
     SequenceBroken { previous: u64, got: u64 },
+    #[error("event {sequence} breaks the ledger: {broken}")]
+    Inconsistent { sequence: u64, broken: &'static str },
 }
 
 impl AccountLedger {
@@ -231,19 +233,22 @@ impl AccountLedger {
                 got: envelope.sequence,
             });
         }
-        self.apply_event(envelope.event.clone());
-        self.sequence = envelope.sequence;
+        let sequence = envelope.sequence;
+        self.apply_event(envelope.event.clone())
+            .map_err(|broken| StreamError::Inconsistent { sequence, broken })?;
+        self.sequence = sequence;
         Ok(())
     }
 
-    fn apply_event(&mut self, event: LedgerEvent) {
+    fn apply_event(&mut self, event: LedgerEvent) -> Result<(), &'static str> {
         match event {
-            LedgerEvent::Account(event) => self.account.apply_event(event),
+            LedgerEvent::Account(event) => self.account.try_apply_event(event),
             LedgerEvent::Transaction(event) => {
                 let transaction_id = event.transaction_id();
                 let transaction = self.transactions.entry(transaction_id).or_default();
-                transaction.apply_event(event);
+                transaction.try_apply_event(event)?;
                 self.retire_if_final(transaction_id);
+                Ok(())
             }
         }
     }

@@ -224,12 +224,25 @@ impl Transaction {
             })
     }
 
+    /// Applies a decided event; panics if it breaks the transaction's life cycle, which would
+    /// mean the log is corrupt. Events read back from storage go through
+    /// [`Transaction::try_apply_event`] instead.
     pub fn apply_event(&mut self, event: TransactionEvent) {
+        if let Err(broken) = self.try_apply_event(event) {
+            panic!("{broken}: the event log is corrupt");
+        }
+    }
+
+    /// Applies a stored event, or names the life-cycle rule it breaks.
+    pub fn try_apply_event(&mut self, event: TransactionEvent) -> Result<(), &'static str> {
         match event {
             TransactionEvent::TransactionStarted(terms) => {
-                assert!(self.status.is_none(), "a transaction started twice");
+                if self.status.is_some() {
+                    return Err("a transaction started twice");
+                }
                 self.terms = Some(terms);
                 self.status = Some(TransactionStatus::Processing);
+                Ok(())
             }
             TransactionEvent::TransactionSucceeded { .. } => {
                 self.finish(TransactionStatus::Successful)
@@ -238,13 +251,12 @@ impl Transaction {
         }
     }
 
-    fn finish(&mut self, status: TransactionStatus) {
-        assert_eq!(
-            self.status,
-            Some(TransactionStatus::Processing),
-            "a transaction ended twice"
-        );
+    fn finish(&mut self, status: TransactionStatus) -> Result<(), &'static str> {
+        if self.status != Some(TransactionStatus::Processing) {
+            return Err("a transaction ended that was not in flight");
+        }
         self.status = Some(status);
+        Ok(())
     }
 }
 

@@ -277,6 +277,34 @@ async fn a_gap_in_the_stream_is_detected() {
     assert!(rebuilt.apply(&events[2]).is_err());
 }
 
+#[tokio::test]
+async fn a_stored_event_that_breaks_the_balance_is_an_error_not_a_panic() {
+    let mut source = AccountLedger::new(AccountId::new());
+    let mut events = opened_ledger_events(&mut source).await;
+    let credited = (events.iter_mut())
+        .find(|event| event.event_type == "AccountCredited")
+        .expect("a credit");
+    if let tally_domain::LedgerEvent::Account(tally_domain::AccountEvent::AccountCredited {
+        amount,
+        ..
+    }) = &mut credited.event
+    {
+        *amount = usd("900.00");
+    }
+    let mut rebuilt = AccountLedger::new(source_id(&events));
+
+    let applied: Result<Vec<()>, _> = events.iter().map(|e| rebuilt.apply(e)).collect();
+
+    let error = applied.expect_err("the edited credit does not add up");
+    assert!(
+        matches!(
+            error,
+            tally_domain::ledger::StreamError::Inconsistent { .. }
+        ),
+        "{error}"
+    );
+}
+
 fn minted_at(ms: i64) -> TransactionId {
     let timestamp = uuid::Timestamp::from_unix(uuid::NoContext, (ms / 1_000) as u64, 0);
     TransactionId(uuid::Uuid::new_v7(timestamp))

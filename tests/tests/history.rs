@@ -194,6 +194,13 @@ async fn history_is_private_and_its_bad_queries_are_refused(backend: Backend) ->
     assert_eq!(problem["code"], "invalid_query");
     let problem = get(&app, &owner, &format!("{events_path}?after=x"), 400).await?;
     assert_eq!(problem["code"], "invalid_query");
+    let account_events = format!("/account/{}/events", owner.uid);
+    for path in [&events_path, &account_events] {
+        for limit in ["0", "501"] {
+            let problem = get(&app, &owner, &format!("{path}?limit={limit}"), 400).await?;
+            assert_eq!(problem["code"], "invalid_limit", "{path} limit={limit}");
+        }
+    }
     Ok(())
 }
 

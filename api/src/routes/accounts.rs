@@ -268,10 +268,15 @@ pub(super) struct EventsQuery {
 }
 
 impl EventsQuery {
-    /// The sequence to read after and the page size, defaults applied and the size bounded.
-    pub(super) fn page(&self) -> (u64, u32) {
-        let limit = self.limit.unwrap_or(100).clamp(1, EVENTS_PAGE_SIZE_MAX);
-        (self.after.unwrap_or(0), limit)
+    /// The sequence to read after and the page size, defaults applied; a size outside 1 to
+    /// [`EVENTS_PAGE_SIZE_MAX`] is refused, as `GET /transactions` refuses it.
+    pub(super) fn page(&self) -> Result<(u64, u32), ApiError> {
+        let limit = self.limit.unwrap_or(100);
+        if !(1..=EVENTS_PAGE_SIZE_MAX).contains(&limit) {
+            let detail = format!("limit is a page size from 1 to {EVENTS_PAGE_SIZE_MAX}");
+            return Err(ApiError::invalid("invalid_limit", detail));
+        }
+        Ok((self.after.unwrap_or(0), limit))
     }
 }
 
@@ -301,7 +306,7 @@ async fn events(
     let Query(query) =
         query.map_err(|error| ApiError::invalid("invalid_query", error.body_text()))?;
     load(&state, account_id).await?;
-    let (after, limit) = query.page();
+    let (after, limit) = query.page()?;
     let (events, last) = reads::account_events(&state.store, account_id, after, limit).await?;
     Ok(Json(EventsPage::new(events, last, limit)))
 }

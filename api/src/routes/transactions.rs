@@ -361,7 +361,7 @@ async fn events(
     if view.account_id != caller.uid && !caller.is_admin() {
         return Err(not_found());
     }
-    let (after, limit) = query.page();
+    let (after, limit) = query.page()?;
     let (events, last) =
         reads::transaction_events(&state.store, transaction_id, after, limit).await?;
     Ok(Json(EventsPage::new(events, last, limit)))
