@@ -23,6 +23,11 @@ const RETRY_DELAY_MS_MIN: u64 = 100;
 /// The longest pause between tries: five tries then span about 3.5 s.
 const RETRY_DELAY_MS_MAX: u64 = 2_000;
 
+/// Tries of the wait for a new topic's partition leaders at start-up: a broker that has just
+/// started can take several seconds to elect them. Twelve tries span about 17 s. (A cluster
+/// that cannot be reached at all fails earlier, when the topics are created.)
+pub(super) const STARTUP_ATTEMPTS_MAX: u32 = 12;
+
 /// Wraps any failure of the cluster under the log.
 pub(super) fn storage(error: impl Into<Box<dyn std::error::Error + Send + Sync>>) -> LogError {
     LogError::Storage(error.into())
@@ -118,13 +123,24 @@ pub(super) fn is_transient_error(error: &KafkaError) -> bool {
 /// `RETRY_DELAY_MS_MIN` up to `RETRY_DELAY_MS_MAX`.
 pub(super) struct Backoff {
     attempt: u32,
+    attempts_max: u32,
     delay_ms: u64,
 }
 
 impl Backoff {
     pub(super) fn new() -> Self {
+        Self::with_attempts(RETRY_ATTEMPTS_MAX)
+    }
+
+    /// A backoff for waiting on partition leaders at start-up, when a young cluster is slow.
+    pub(super) fn at_startup() -> Self {
+        Self::with_attempts(STARTUP_ATTEMPTS_MAX)
+    }
+
+    fn with_attempts(attempts_max: u32) -> Self {
         Self {
             attempt: 1,
+            attempts_max,
             delay_ms: RETRY_DELAY_MS_MIN,
         }
     }
@@ -136,7 +152,7 @@ impl Backoff {
 
     /// The pause before the next try, or `None` when the tries are spent.
     pub(super) fn next_delay(&mut self) -> Option<Duration> {
-        if self.attempt >= RETRY_ATTEMPTS_MAX {
+        if self.attempt >= self.attempts_max {
             return None;
         }
         let delay = Duration::from_millis(self.delay_ms);
@@ -184,5 +200,15 @@ mod tests {
             .collect();
         assert_eq!(delays, vec![100, 200, 400, 800]);
         assert_eq!(backoff.attempt(), RETRY_ATTEMPTS_MAX);
+    }
+
+    #[test]
+    fn the_start_up_backoff_waits_longer_for_a_young_cluster() {
+        let mut backoff = Backoff::at_startup();
+        let waited_ms: u64 = std::iter::from_fn(|| backoff.next_delay())
+            .map(|delay| u64::try_from(delay.as_millis()).unwrap_or(u64::MAX))
+            .sum();
+        assert_eq!(backoff.attempt(), STARTUP_ATTEMPTS_MAX);
+        assert_eq!(waited_ms, 100 + 200 + 400 + 800 + 1_600 + 6 * 2_000);
     }
 }

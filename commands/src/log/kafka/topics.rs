@@ -160,7 +160,7 @@ async fn check_partitions(
     partition_count: u32,
     timeout: Duration,
 ) -> Result<(), LogError> {
-    let mut backoff = Backoff::new();
+    let mut backoff = Backoff::at_startup();
     loop {
         let failure = match partitions_with_leaders(admin, name, timeout).await? {
             Ok((count, _)) if count != partition_count => {
