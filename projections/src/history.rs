@@ -5,13 +5,10 @@
 use chrono::{DateTime, Utc};
 use rust_decimal::Decimal;
 use serde::Serialize;
-use sqlx::Pool;
 use tally_domain::{Account, AccountId, Currency, LedgerEvent, TransactionId};
 
-use crate::queries::{
-    ACCOUNT_EVENT_COLUMNS, AccountEventRow, account_event_from_row, select_account_events, to_sql,
-};
-use crate::{Backend, ProjectionError, ReadStore, Sql, with_pool};
+use crate::queries::{AccountEventRow, select_account_events, select_events_page};
+use crate::{ProjectionError, ReadStore, with_pool};
 
 /// Events read per query while folding an account's history.
 const FOLD_PAGE_EVENTS: u32 = 1_000;
@@ -73,7 +70,8 @@ impl ReadStore {
     ) -> Result<Vec<AccountEventRow>, ProjectionError> {
         let limit = limit.min(crate::ACCOUNT_EVENTS_PAGE_SIZE_MAX);
         with_pool!(self, pool => {
-            select_transaction_events(pool, transaction_id, after_sequence, limit).await
+            let id = transaction_id.to_string();
+            select_events_page(pool, "correlation_id", id, after_sequence, limit).await
         })
     }
 
@@ -142,22 +140,4 @@ fn point_in_time(
         available: account.available(),
         last_event: last_event?,
     })
-}
-
-async fn select_transaction_events<DB: Backend>(
-    pool: &Pool<DB>,
-    transaction_id: TransactionId,
-    after_sequence: u64,
-    limit: u32,
-) -> Result<Vec<AccountEventRow>, ProjectionError> {
-    let rows = Sql::<DB>::new(format!(
-        "SELECT {ACCOUNT_EVENT_COLUMNS} FROM account_events \
-         WHERE correlation_id = ? AND sequence > ? ORDER BY sequence LIMIT ?"
-    ))
-    .bind(transaction_id.to_string())
-    .bind(to_sql(after_sequence))
-    .bind(i64::from(limit))
-    .fetch_all(&mut *pool.acquire().await?)
-    .await?;
-    rows.iter().map(account_event_from_row::<DB>).collect()
 }

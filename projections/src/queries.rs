@@ -279,11 +279,24 @@ pub(crate) async fn select_account_events<DB: Backend>(
     after_sequence: u64,
     limit: u32,
 ) -> Result<Vec<AccountEventRow>, ProjectionError> {
+    let account_id = account_id.to_string();
+    select_events_page(pool, "account_id", account_id, after_sequence, limit).await
+}
+
+/// A page of the events whose `column` (`account_id` or `correlation_id`, never caller input)
+/// equals `value`, in stream order after `after_sequence`.
+pub(crate) async fn select_events_page<DB: Backend>(
+    pool: &Pool<DB>,
+    column: &'static str,
+    value: String,
+    after_sequence: u64,
+    limit: u32,
+) -> Result<Vec<AccountEventRow>, ProjectionError> {
     let rows = Sql::<DB>::new(format!(
         "SELECT {ACCOUNT_EVENT_COLUMNS} FROM account_events \
-         WHERE account_id = ? AND sequence > ? ORDER BY sequence LIMIT ?"
+         WHERE {column} = ? AND sequence > ? ORDER BY sequence LIMIT ?"
     ))
-    .bind(account_id.to_string())
+    .bind(value)
     .bind(to_sql(after_sequence))
     .bind(i64::from(limit))
     .fetch_all(&mut *pool.acquire().await?)

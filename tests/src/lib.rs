@@ -468,6 +468,26 @@ impl TestApp {
         self._database.as_ref().map(MysqlDatabase::url)
     }
 
+    /// Runs `tally replay` on the app's log into a fresh SQLite file, compared with the app's
+    /// live read store, and returns its exit code (0 equal, 1 differing) and what it printed.
+    /// On the embedded default the app must be stopped first: the log is one process's.
+    pub fn replay_compared(&self) -> Result<(i32, String)> {
+        let data_dir = self.data_dir.path();
+        let target = tempfile::tempdir()?;
+        let target_url = target.path().join("rebuilt.db").display().to_string();
+        let live_url = match self.database_url() {
+            Some(url) => url,
+            None => data_dir.join("read.db").display().to_string(),
+        };
+        let args = ["--compare-with", live_url.as_str()];
+        let output = self.run_tally_on_database("replay", data_dir, &target_url, &args)?;
+        let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        let code = output.status.code().context("tally replay was killed")?;
+        anyhow::ensure!(code != 2, "tally replay could not run: {stderr}");
+        Ok((code, stdout))
+    }
+
     /// Kills the process with SIGKILL: no draining, no committing.
     pub fn kill(&mut self) -> Result<()> {
         if let Some(mut child) = self.process.take() {

@@ -333,39 +333,20 @@ async fn the_events_page_shows_each_event_chained_to_the_one_before(
     Ok(())
 }
 
-/// Runs `tally replay` into a fresh SQLite file, compared with the app's live read store.
-fn replay_compared(app: &TestApp, data_dir: &Path) -> Result<(i32, String)> {
-    let target = tempfile::tempdir()?;
-    let target_url = target.path().join("rebuilt.db").display().to_string();
-    let live_url = match app.database_url() {
-        Some(url) => url,
-        None => data_dir.join("read.db").display().to_string(),
-    };
-    let args = ["--compare-with", live_url.as_str()];
-    let output = app.run_tally_on_database("replay", data_dir, &target_url, &args)?;
-    let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
-    let stderr = String::from_utf8_lossy(&output.stderr);
-    let code = output.status.code().context("tally replay was killed")?;
-    anyhow::ensure!(code != 2, "tally replay could not run: {stderr}");
-    Ok((code, stdout))
-}
-
 async fn a_replay_compared_with_the_live_store_names_the_row_changed_by_hand(
     backend: Backend,
 ) -> Result<()> {
     let mut app = TestApp::spawn_on(backend).await?;
     let user = ledger_with_history(&app).await?;
     stop_if_embedded(&mut app)?;
-    let data_dir = app.data_dir.path().to_owned();
-
-    let (code, before) = replay_compared(&app, &data_dir)?;
+    let (code, before) = app.replay_compared()?;
     let edit = format!(
         "UPDATE transactions SET status = 'FAILED' WHERE account_id = '{}' \
          AND transaction_type = 'ADD_MONEY'",
         user.uid
     );
     assert_eq!(app.execute_on_read_store(&edit).await?, 1);
-    let (edited_code, after) = replay_compared(&app, &data_dir)?;
+    let (edited_code, after) = app.replay_compared()?;
 
     assert_eq!(code, 0, "{before}");
     assert!(before.contains("rows differing     0"), "{before}");

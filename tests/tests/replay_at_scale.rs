@@ -5,8 +5,6 @@
 //! read tables from the log into an empty store and compares them with the live store row by
 //! row. It prints the replay's rate, which the suite shows.
 
-use std::path::Path;
-
 use anyhow::{Context, Result};
 use tally_tests::{Backend, TestApp, on_both_backends, tally_bin};
 
@@ -24,27 +22,6 @@ fn tally(app: &TestApp, subcommand: &str, args: &[&str]) -> Result<String> {
         output.status.success(),
         "tally {subcommand} against {} exited with {}:\n{stdout}\n{}",
         app.base_url,
-        output.status,
-        String::from_utf8_lossy(&output.stderr)
-    );
-    Ok(stdout)
-}
-
-/// Runs `tally replay` into an empty SQLite store beside the app's, compared with the live
-/// store, and returns what it printed.
-fn replay_compared(app: &TestApp, data_dir: &Path) -> Result<String> {
-    let target = tempfile::tempdir()?;
-    let target_url = target.path().join("rebuilt.db").display().to_string();
-    let live_url = match app.database_url() {
-        Some(url) => url,
-        None => data_dir.join("read.db").display().to_string(),
-    };
-    let args = ["--compare-with", live_url.as_str()];
-    let output = app.run_tally_on_database("replay", data_dir, &target_url, &args)?;
-    let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
-    anyhow::ensure!(
-        output.status.success(),
-        "tally replay exited with {}:\n{stdout}\n{}",
         output.status,
         String::from_utf8_lossy(&output.stderr)
     );
@@ -80,9 +57,9 @@ async fn a_replay_after_100_000_transactions_equals_the_live_read_tables(
         let status = app.terminate()?;
         anyhow::ensure!(status.success(), "tally exited with {status}");
     }
-    let data_dir = app.data_dir.path().to_owned();
-    let replay = replay_compared(&app, &data_dir)?;
+    let (code, replay) = app.replay_compared()?;
     eprintln!("{replay}");
+    assert_eq!(code, 0, "{replay}");
 
     assert!(replay.contains("rows differing     0"), "{replay}");
     let replayed: u64 = (replay.lines())
