@@ -159,12 +159,44 @@ const PROJECTION_OFFSETS: TableSpec = TableSpec {
     scope: Some(("projection", PROJECTION_NAME)),
 };
 
+const DAILY_TRANSACTION_VOLUMES: TableSpec = TableSpec {
+    name: "daily_transaction_volumes",
+    key: &[
+        column("day", Kind::Text),
+        column("transaction_type", Kind::Text),
+        column("currency", Kind::Text),
+        column("status", Kind::Text),
+    ],
+    values: &[
+        column("transaction_count", Kind::Integer),
+        column("amount_total", Kind::Money),
+    ],
+    scope: None,
+};
+
+const DAILY_AIRTIME_DESTINATIONS: TableSpec = TableSpec {
+    name: "daily_airtime_destinations",
+    key: &[
+        column("day", Kind::Text),
+        column("calling_code", Kind::Text),
+        column("currency", Kind::Text),
+        column("status", Kind::Text),
+    ],
+    values: &[
+        column("transaction_count", Kind::Integer),
+        column("amount_total", Kind::Money),
+    ],
+    scope: None,
+};
+
 /// Every table the projector writes, in the order they are compared.
-pub(crate) const TABLES: [TableSpec; 5] = [
+pub(crate) const TABLES: [TableSpec; 7] = [
     ACCOUNTS,
     TRANSACTIONS,
     STATEMENT_LINES,
     ACCOUNT_EVENTS,
+    DAILY_TRANSACTION_VOLUMES,
+    DAILY_AIRTIME_DESTINATIONS,
     PROJECTION_OFFSETS,
 ];
 
@@ -572,9 +604,11 @@ mod tests {
         let comparison = compared(&mysql, &sqlite).await;
 
         assert_eq!(comparison.differences, Vec::new());
-        // An account, its transactions and their lines and events, one offsets row.
+        // An account, its transactions and their lines and events; on one day, a volume row
+        // for the credits and one for the airtime, which also has a destination row; one
+        // offsets row.
         let transactions = CREDITS + 1;
-        let expected = 1 + transactions + CREDITS + records.len() + 1;
+        let expected = 1 + transactions + CREDITS + records.len() + 2 + 1 + 1;
         assert_eq!(comparison.rows_compared, expected as u64);
     }
 

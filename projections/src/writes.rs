@@ -176,6 +176,8 @@ pub(crate) fn columns_of(table: &str) -> &'static [&'static str] {
         STATEMENT_LINES,
         ACCOUNTS,
         TRANSACTIONS,
+        DAILY_TRANSACTION_VOLUMES,
+        DAILY_AIRTIME_DESTINATIONS,
         PROJECTION_OFFSETS,
     ];
     (tables.into_iter())
