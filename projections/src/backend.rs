@@ -40,6 +40,10 @@ pub trait Backend:
     /// Appended to a SELECT whose rows the transaction must keep to itself until it commits.
     const FOR_UPDATE: &'static str;
 
+    /// Appended to a SELECT whose rows no other transaction may change until this one ends,
+    /// while other readers that take the same lock go on side by side.
+    const FOR_SHARE: &'static str;
+
     /// The most values one statement may bind.
     const BOUND_VALUES_MAX: usize;
 
@@ -68,6 +72,7 @@ impl Backend for Sqlite {
     /// A deferred transaction reads from one WAL snapshot, taken at its first read.
     const BEGIN_SNAPSHOT: &'static str = "BEGIN";
     const FOR_UPDATE: &'static str = "";
+    const FOR_SHARE: &'static str = "";
     /// `SQLITE_MAX_VARIABLE_NUMBER` of the bundled SQLite.
     const BOUND_VALUES_MAX: usize = 32_766;
 
@@ -105,6 +110,8 @@ impl Backend for MySql {
     /// transaction under REPEATABLE READ, which a read-only store sets on every connection.
     const BEGIN_SNAPSHOT: &'static str = "START TRANSACTION WITH CONSISTENT SNAPSHOT, READ ONLY";
     const FOR_UPDATE: &'static str = " FOR UPDATE";
+    /// MariaDB's spelling, which MySQL 8 also accepts.
+    const FOR_SHARE: &'static str = " LOCK IN SHARE MODE";
     /// The protocol's 16-bit count of statement parameters.
     const BOUND_VALUES_MAX: usize = 65_535;
 

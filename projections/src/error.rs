@@ -22,6 +22,10 @@ const SQLITE_LOCKED: i64 = 6;
 const MYSQL_LOCK_WAIT_TIMEOUT: u16 = 1205;
 const MYSQL_DEADLOCK: u16 = 1213;
 
+/// MySQL's "table definition has changed, please retry transaction": a table was put in place
+/// (by a swap of the projected tables) after the transaction's snapshot was taken.
+const MYSQL_TABLE_DEFINITION_CHANGED: u16 = 1412;
+
 #[derive(Debug, thiserror::Error)]
 pub enum ProjectionError {
     /// The read store failed a statement or could not be reached.
@@ -118,6 +122,15 @@ pub enum ProjectionError {
         stored: u64,
         first: u64,
     },
+
+    /// The projected tables were swapped for a rebuilt set since the projector read its
+    /// offsets: the batch was not applied, and the projector must resume from the store.
+    #[error("the projected tables were swapped (generation {expected}, now {found})")]
+    TablesSwapped { expected: u64, found: u64 },
+
+    /// `tally replay --swap` cannot put the rebuilt tables in place of the live ones.
+    #[error("cannot swap the rebuilt tables in: {0}")]
+    SwapRefused(String),
 }
 
 impl ProjectionError {
@@ -142,7 +155,10 @@ fn is_transient_database_error(error: &sqlx::Error) -> bool {
 /// Whether the database refused a statement only because another transaction held a lock.
 fn is_lock_conflict(error: &dyn DatabaseError) -> bool {
     if let Some(mysql) = error.try_downcast_ref::<MySqlDatabaseError>() {
-        return matches!(mysql.number(), MYSQL_LOCK_WAIT_TIMEOUT | MYSQL_DEADLOCK);
+        return matches!(
+            mysql.number(),
+            MYSQL_LOCK_WAIT_TIMEOUT | MYSQL_DEADLOCK | MYSQL_TABLE_DEFINITION_CHANGED
+        );
     }
     error
         .try_downcast_ref::<SqliteError>()

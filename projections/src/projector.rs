@@ -104,22 +104,29 @@ pub async fn run(
         "projector started"
     );
 
-    // The next offset to apply in each owned partition, as the store has it.
+    // Where the store stands: the next offset to apply in each owned partition, and the
+    // generation of the tables those offsets belong to.
     let mut positions: HashMap<TopicPartition, u64> = HashMap::new();
+    let mut generation = 0;
     // Endless on purpose: the projector follows the log for the life of the process, and
     // stops through `shutdown` or an error.
     while !shutdown_requested(&shutdown) {
         match next_poll(consumer.as_mut(), &settings, &mut shutdown).await? {
             Polled::Assigned(partitions) => {
-                let resumed = resume(
-                    &store,
-                    consumer.as_mut(),
-                    &partitions,
-                    &settings,
-                    &mut shutdown,
-                )
-                .await?;
-                positions.extend(resumed);
+                // Every owned partition is resumed with the new ones, so that all positions
+                // come from one generation of the tables.
+                let owned: BTreeSet<TopicPartition> =
+                    positions.keys().copied().chain(partitions).collect();
+                let owned: Vec<TopicPartition> = owned.into_iter().collect();
+                let resumed =
+                    resume(&store, consumer.as_mut(), &owned, &settings, &mut shutdown).await?;
+                generation = resumed.generation;
+                positions.extend(resumed.positions);
+                tracing::info!(
+                    partitions = owned.len(),
+                    generation,
+                    "partitions assigned; resuming from the store"
+                );
             }
             Polled::Revoked(partitions) => {
                 for partition in &partitions {
@@ -134,9 +141,30 @@ pub async fn run(
                     continue;
                 }
                 let decoded = batch::decode(&records);
-                apply(&store, &decoded, &settings, &mut shutdown).await?;
-                for record in &records {
-                    positions.insert(record.topic_partition(), record.offset + 1);
+                match apply(&store, &decoded, Some(generation), &settings, &mut shutdown).await {
+                    Ok(()) => {
+                        for record in &records {
+                            positions.insert(record.topic_partition(), record.offset + 1);
+                        }
+                    }
+                    Err(
+                        error @ (ProjectionError::TablesSwapped { .. }
+                        | ProjectionError::OffsetsMoved { .. }),
+                    ) => {
+                        // The batch rolled back, and the store stands elsewhere than this
+                        // projector thought: its tables were swapped for a rebuilt set (which
+                        // stands at least as far as the ones it replaced), or another writer
+                        // moved its offsets. Its offsets say what its rows hold, so resuming
+                        // from them neither loses a record nor applies one twice.
+                        let owned: Vec<TopicPartition> = positions.keys().copied().collect();
+                        let resumed =
+                            resume(&store, consumer.as_mut(), &owned, &settings, &mut shutdown)
+                                .await?;
+                        generation = resumed.generation;
+                        positions.extend(resumed.positions);
+                        tracing::warn!(%error, generation, "resumed from the store's offsets");
+                    }
+                    Err(error) => return Err(error),
                 }
             }
         }
@@ -215,9 +243,13 @@ async fn replay_within(
         // as it does live.
         for topic in [Topic::Commands, Topic::Events] {
             let partition = TopicPartition { topic, partition };
-            let log_end = log.end_offset(partition).await?;
-            let end = until.map_or(log_end, |until| next_offset(until, partition).min(log_end));
             let from = next_offset(&stored, partition);
+            let end = match until.map(|until| next_offset(until, partition)) {
+                // Already there: the log need not be asked where the partition ends.
+                Some(until) if until <= from => from,
+                Some(until) => until.min(log.end_offset(partition).await?),
+                None => log.end_offset(partition).await?,
+            };
             ranges.push((partition, from..end));
         }
     }
@@ -281,7 +313,7 @@ async fn replay_partition(
         let decoded = batch::decode(&records);
         // The next batch is read while this one is written.
         let (applied, following) = tokio::join!(
-            apply(store, &decoded, settings, &mut never),
+            apply(store, &decoded, None, settings, &mut never),
             read(last.offset + 1)
         );
         applied?;
@@ -370,45 +402,57 @@ async fn drop_applied(
     records
 }
 
+/// Where the store says the projection stopped, and the generation of its tables.
+struct Resumed {
+    generation: u64,
+    positions: Vec<(TopicPartition, u64)>,
+}
+
 /// Moves the consumer to where the store says the projection stopped in each partition, and
-/// returns those offsets.
+/// returns those offsets with the generation of the tables that hold them.
+///
+/// The generation is read before the offsets: a swap between the two reads leaves an old
+/// generation with new offsets, which the next batch notices, and never the reverse.
 async fn resume(
     store: &ReadStore,
     consumer: &mut dyn Consumer,
     partitions: &[TopicPartition],
     settings: &ProjectorSettings,
     shutdown: &mut watch::Receiver<bool>,
-) -> Result<Vec<(TopicPartition, u64)>, ProjectionError> {
+) -> Result<Resumed, ProjectionError> {
     let mut backoff = Backoff::new(settings);
-    let stored = loop {
-        match store.offsets().await {
-            Ok(stored) => break stored,
+    let (generation, stored) = loop {
+        let read =
+            async { Ok::<_, ProjectionError>((store.generation().await?, store.offsets().await?)) };
+        match read.await {
+            Ok(read) => break read,
             Err(error) => backoff.pause(error, shutdown).await?,
         }
     };
-    let mut resumed = Vec::with_capacity(partitions.len());
+    let mut positions = Vec::with_capacity(partitions.len());
     for &partition in partitions {
         let next_offset = next_offset(&stored, partition);
         consumer.seek(partition, next_offset).await?;
-        resumed.push((partition, next_offset));
+        positions.push((partition, next_offset));
     }
-    tracing::info!(
-        partitions = partitions.len(),
-        "partitions assigned; resuming from the store"
-    );
-    Ok(resumed)
+    Ok(Resumed {
+        generation,
+        positions,
+    })
 }
 
-/// Applies a decoded batch, applying it again from scratch after a transient failure.
+/// Applies a decoded batch, applying it again from scratch after a transient failure. With a
+/// `generation`, the batch is refused unless the tables are still of that generation.
 async fn apply(
     store: &ReadStore,
     batch: &[Decoded],
+    generation: Option<u64>,
     settings: &ProjectorSettings,
     shutdown: &mut watch::Receiver<bool>,
 ) -> Result<(), ProjectionError> {
     let mut backoff = Backoff::new(settings);
     loop {
-        match apply_batch(store, batch).await {
+        match apply_batch_of(store, batch, generation).await {
             Ok(()) => return Ok(()),
             Err(error) => backoff.pause(error, shutdown).await?,
         }
@@ -416,30 +460,47 @@ async fn apply(
 }
 
 /// Applies a batch and its offsets in one transaction, on whichever backend the store runs.
-#[tracing::instrument(skip_all, fields(records = batch.len()))]
+#[cfg(test)]
 pub(crate) async fn apply_batch(
     store: &ReadStore,
     batch: &[Decoded],
 ) -> Result<(), ProjectionError> {
-    let changes = with_pool!(store, pool => apply_batch_on(pool, batch).await)?;
+    apply_batch_of(store, batch, None).await
+}
+
+#[tracing::instrument(skip_all, fields(records = batch.len()))]
+async fn apply_batch_of(
+    store: &ReadStore,
+    batch: &[Decoded],
+    generation: Option<u64>,
+) -> Result<(), ProjectionError> {
+    let changes = with_pool!(store, pool => apply_batch_on(pool, batch, generation).await)?;
     log_applied(&changes);
     Ok(())
 }
 
-/// The transaction first reads the stored offsets so that no other writer can move them
-/// before it commits: SQLite's `BEGIN IMMEDIATE` takes the database's write lock, MySQL's
-/// `SELECT ... FOR UPDATE` the offsets' rows (and the gap where they will go, before the
-/// first batch). The rows read after it cannot change either, as only a projector holding
-/// those offsets writes them; InnoDB takes the snapshot they are read from at the first plain
-/// read, after the lock is held, so it holds every batch committed before.
+/// The transaction first reads the generation of the tables, under a shared lock on MySQL,
+/// which a swap of the tables holds exclusively; then the stored offsets, so that no other
+/// writer can move them before it commits: SQLite's `BEGIN IMMEDIATE` takes the database's
+/// write lock, MySQL's `SELECT ... FOR UPDATE` the offsets' rows (and the gap where they will
+/// go, before the first batch). The rows read after it cannot change either, as only a
+/// projector holding those offsets writes them; InnoDB takes the snapshot they are read from
+/// at the first plain read, after the lock is held, so it holds every batch committed before.
 async fn apply_batch_on<DB: Backend>(
     pool: &Pool<DB>,
     batch: &[Decoded],
+    generation: Option<u64>,
 ) -> Result<Changes, ProjectionError> {
     let touched = batch::touched(batch);
     let mut transaction = pool.begin_with(DB::BEGIN_WRITE).await?;
     let conn = &mut *transaction;
 
+    if let Some(expected) = generation {
+        let found = queries::generation::<DB>(conn, PROJECTION_NAME, DB::FOR_SHARE).await?;
+        if found != expected {
+            return Err(ProjectionError::TablesSwapped { expected, found });
+        }
+    }
     let stored = queries::stored_offsets_for_update::<DB>(conn, PROJECTION_NAME).await?;
     check_offsets(&stored, &batch::offset_advances(batch))?;
     let loaded = Loaded {
@@ -645,7 +706,36 @@ mod tests {
         a_batch_that_starts_before_where_the_projection_stopped_is_refused,
         a_batch_may_start_after_where_the_projection_stopped,
         a_batch_blocked_by_another_writer_fails_with_an_error_worth_retrying,
+        a_batch_for_tables_swapped_since_is_refused_and_writes_nothing,
     );
+
+    async fn a_batch_for_tables_swapped_since_is_refused_and_writes_nothing(backend: TestBackend) {
+        let test = TestStore::open(backend).await;
+        let store = test.store();
+        let mut stream = Stream::new(7);
+        let opened = stream.decide(open()).await;
+        apply_batch_of(store, &batch::decode(&opened), Some(0))
+            .await
+            .unwrap();
+        test.execute("UPDATE projection_control SET generation = 1")
+            .await;
+        let added = stream.decide(add_money(TransactionId::new(), "5")).await;
+
+        let stale = apply_batch_of(store, &batch::decode(&added), Some(0)).await;
+        let offsets_after_refusal = store.offsets().await.unwrap();
+        let current = apply_batch_of(store, &batch::decode(&added), Some(1)).await;
+
+        assert!(matches!(
+            stale,
+            Err(ProjectionError::TablesSwapped {
+                expected: 0,
+                found: 1
+            })
+        ));
+        assert_eq!(offsets_after_refusal[0].next_offset, 1);
+        current.unwrap();
+        assert_eq!(store.generation().await.unwrap(), 1);
+    }
 
     async fn a_batch_is_stored_with_its_offsets_and_reads_back_at_the_currency_scale(
         backend: TestBackend,

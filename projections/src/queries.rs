@@ -238,6 +238,12 @@ impl ReadStore {
     pub async fn offsets(&self) -> Result<Vec<StoredOffset>, ProjectionError> {
         with_pool!(self, pool => select_projector_offsets(pool).await)
     }
+
+    /// The generation of the projected tables: it moves each time a rebuilt set is swapped
+    /// in. Offsets read after it belong to that generation or a later one.
+    pub async fn generation(&self) -> Result<u64, ProjectionError> {
+        with_pool!(self, pool => select_generation(pool).await)
+    }
 }
 
 impl Snapshot {
@@ -420,6 +426,25 @@ async fn select_projector_offsets<DB: Backend>(
 ) -> Result<Vec<StoredOffset>, ProjectionError> {
     let conn = &mut *pool.acquire().await?;
     select_offsets::<DB>(conn, crate::projector::PROJECTION_NAME, "").await
+}
+
+async fn select_generation<DB: Backend>(pool: &Pool<DB>) -> Result<u64, ProjectionError> {
+    let conn = &mut *pool.acquire().await?;
+    generation::<DB>(conn, crate::projector::PROJECTION_NAME, "").await
+}
+
+/// The generation of `projection`'s tables (0 in a store that never had them swapped), read
+/// with the given lock clause.
+pub(crate) async fn generation<DB: Backend>(
+    conn: &mut DB::Connection,
+    projection: &str,
+    lock: &str,
+) -> Result<u64, ProjectionError> {
+    let sql = format!("SELECT generation FROM projection_control WHERE projection = ?{lock}");
+    let row = (Sql::<DB>::new(sql).bind(projection.to_owned()))
+        .fetch_optional(conn)
+        .await?;
+    row.map_or(Ok(0), |row| unsigned_column::<DB>(&row, "generation"))
 }
 
 /// The stored offsets of `projection`, locked until the transaction ends: a second writer
