@@ -16,12 +16,13 @@ use hyper_util::server::graceful::GracefulShutdown;
 use hyper_util::service::TowerToHyperService;
 use secrecy::{ExposeSecret, SecretString};
 use tally_commands::decider::{self, DeciderSettings};
-use tally_commands::log::EventLog;
 use tally_commands::log::kafka::{KafkaLog, KafkaLogSettings};
-use tally_commands::log::sqlite::{SqliteLog, SqliteLogSettings};
+use tally_commands::log::sqlite::{SqliteLog, SqliteLogReader, SqliteLogSettings};
+use tally_commands::log::{EventLog, LogError};
 use tally_processor::ProcessorSettings;
 use tally_processor::airtime::{AirtimeProvider, HttpProvider, HttpProviderSettings, Simulator};
 use tally_projections::compare::{self, Comparison};
+use tally_projections::swap::{self, Swapped};
 use tally_projections::verify::{self, VerifyReport, VerifySettings};
 use tally_projections::{ProjectorSettings, ReadStore};
 use tokio::net::TcpListener;
@@ -105,7 +106,7 @@ pub async fn start(settings: Settings, roles: Roles) -> anyhow::Result<RunningAp
     // Checked before anything is created on disk, so a typo leaves no half-made data directory.
     let auth_settings = AuthSettings::new(settings.bcrypt_cost, settings.token_lifetime_s)
         .context("invalid auth settings")?;
-    let (log, store) = open_stores(&settings).await?;
+    let (log, store) = open_stores(&settings, LogUse::Write).await?;
     let auth = auth_state(&settings, auth_settings, &store)?;
     bootstrap_admin(&settings, &auth).await?;
 
@@ -139,23 +140,44 @@ pub struct ReplayReport {
     pub elapsed: std::time::Duration,
     /// The rebuilt tables against the live store's, when `--compare-with` named one.
     pub comparison: Option<Comparison>,
+    /// What the swap did, when `--swap` asked to put the rebuilt tables in place of the live
+    /// ones.
+    pub swapped: Option<Swapped>,
+}
+
+/// What `tally replay` is asked to do beyond rebuilding the tables.
+#[derive(Clone, Debug, Default)]
+pub struct ReplayOptions {
+    /// Go on with a replay cut short instead of refusing a store with projected rows.
+    pub resume: bool,
+    /// The URL of a live store to compare the rebuilt tables with.
+    pub compare_with: Option<SecretString>,
+    /// Put the rebuilt tables in place of the live ones after comparing them.
+    pub swap: bool,
 }
 
 /// Rebuilds the read tables in the store `settings` name from the log, then returns. Meant
 /// for an empty database (an audit, a new read replica, a schema change): one that already
 /// holds projected rows is refused unless `resume` says a replay was cut short there. A store
-/// that a live projector writes must never be replayed into.
+/// that a live projector writes must never be replayed into. An embedded log a running Tally
+/// holds is read beside it.
 ///
 /// With `compare_with`, the URL of a live store, the replay first stops where that store's
 /// projection stood when the replay began (read from one snapshot of it, so a projector
 /// writing there meanwhile does not matter), compares the two stores row by row, and then
-/// goes on to the end of the log.
-pub async fn replay(
-    settings: Settings,
-    resume: bool,
-    compare_with: Option<SecretString>,
-) -> anyhow::Result<ReplayReport> {
-    let (log, store) = open_stores(&settings).await?;
+/// goes on to the end of the log. With `swap` as well, the rebuilt tables then take the place
+/// of the live store's while Tally runs on (see [`swap::swap`]).
+pub async fn replay(settings: Settings, options: ReplayOptions) -> anyhow::Result<ReplayReport> {
+    let ReplayOptions {
+        resume,
+        compare_with,
+        swap,
+    } = options;
+    anyhow::ensure!(
+        !swap || compare_with.is_some(),
+        "--swap needs --compare-with to name the live store"
+    );
+    let (log, store) = open_stores(&settings, LogUse::Read).await?;
     let applied = store
         .offsets()
         .await
@@ -169,10 +191,10 @@ pub async fn replay(
     }
     let started = std::time::Instant::now();
     let projector = ProjectorSettings::default();
-    let (mut replayed, comparison) = match compare_with {
+    let (mut replayed, comparison) = match &compare_with {
         Some(url) => {
             let (replayed, comparison) =
-                replay_and_compare(log.as_ref(), &store, &projector, &url).await?;
+                replay_and_compare(log.as_ref(), &store, &projector, url).await?;
             (replayed, Some(comparison))
         }
         None => (tally_projections::Replayed::default(), None),
@@ -184,10 +206,26 @@ pub async fn replay(
     bar.finish();
     replayed.records += rest.records;
     replayed.batches += rest.batches;
+    let elapsed = started.elapsed();
+    let swapped = match (swap, &compare_with) {
+        (true, Some(url)) => {
+            let live = ReadStore::open(url.expose_secret())
+                .await
+                .context("cannot open the live store named by --compare-with to swap")?;
+            let swapped = swap::swap(log.as_ref(), &live, &store, &projector)
+                .await
+                .context("the swap failed; the live tables are as they were")?;
+            live.close().await;
+            Some(swapped)
+        }
+        _ => None,
+    };
+    store.close().await;
     Ok(ReplayReport {
         replayed,
-        elapsed: started.elapsed(),
+        elapsed,
         comparison,
+        swapped,
     })
 }
 
@@ -253,14 +291,19 @@ async fn replay_and_compare(
     let comparison = compare::compare(&mut live_snapshot, &mut replayed_snapshot)
         .await
         .context("cannot compare the stores")?;
-    drop((live_snapshot, replayed_snapshot));
+    // Ended at once: a swap that follows renames the tables they read.
+    let closed = live_snapshot
+        .close()
+        .await
+        .and(replayed_snapshot.close().await);
+    closed.context("cannot end the read snapshots")?;
     live.close().await;
     Ok((replayed, comparison))
 }
 
 /// Audits the Tally `settings` name: its log against itself and against its read store,
 /// which is replayed into a scratch SQLite file in the system's temporary directory. Writes
-/// to neither; on the embedded log, Tally must be stopped, as the log is one process's.
+/// to neither, and an embedded log a running Tally holds is read beside it.
 pub async fn verify(settings: Settings, pending_limit: Duration) -> anyhow::Result<VerifyReport> {
     let read_store = settings.read_store().context("invalid --database-url")?;
     let log = open_existing_log(&settings).await?;
@@ -300,12 +343,22 @@ async fn open_existing_log(settings: &Settings) -> anyhow::Result<Arc<dyn EventL
             log_file.display()
         );
     }
-    open_log(settings).await
+    open_log_to_read(settings).await
+}
+
+/// Whether a process opens the log to write to it, as Tally's roles do, or only to read it.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum LogUse {
+    Write,
+    Read,
 }
 
 /// Opens the log and the read store the settings name, creating the data directory first.
 /// The read store's URL is checked before anything is created on disk.
-async fn open_stores(settings: &Settings) -> anyhow::Result<(Arc<dyn EventLog>, ReadStore)> {
+async fn open_stores(
+    settings: &Settings,
+    usage: LogUse,
+) -> anyhow::Result<(Arc<dyn EventLog>, ReadStore)> {
     let read_store = settings.read_store().context("invalid --database-url")?;
     std::fs::create_dir_all(&settings.data_dir).with_context(|| {
         format!(
@@ -313,7 +366,10 @@ async fn open_stores(settings: &Settings) -> anyhow::Result<(Arc<dyn EventLog>, 
             settings.data_dir.display()
         )
     })?;
-    let log = open_log(settings).await?;
+    let log = match usage {
+        LogUse::Write => open_log(settings).await?,
+        LogUse::Read => open_log_to_read(settings).await?,
+    };
     let store = (read_store.open().await).context("cannot open the read store")?;
     Ok((log, store))
 }
@@ -349,12 +405,34 @@ async fn open_log(settings: &Settings) -> anyhow::Result<Arc<dyn EventLog>> {
             .context("cannot open the Kafka log")?;
         return Ok(log);
     }
-    let mut log_settings = SqliteLogSettings::new(&settings.data_dir, settings.partitions);
-    log_settings.synchronous_full = settings.log_sync_full;
-    let log = SqliteLog::open(log_settings)
+    let log = SqliteLog::open(embedded_log_settings(settings))
         .await
         .context("cannot open the event log")?;
     Ok(log)
+}
+
+fn embedded_log_settings(settings: &Settings) -> SqliteLogSettings {
+    let mut log_settings = SqliteLogSettings::new(&settings.data_dir, settings.partitions);
+    log_settings.synchronous_full = settings.log_sync_full;
+    log_settings
+}
+
+/// Opens the log to read it. An embedded log that a running Tally holds is opened read-only
+/// beside it, so a replay or an audit need not stop it.
+async fn open_log_to_read(settings: &Settings) -> anyhow::Result<Arc<dyn EventLog>> {
+    if settings.kafka.brokers.is_some() {
+        return open_log(settings).await;
+    }
+    match SqliteLog::open(embedded_log_settings(settings)).await {
+        Ok(log) => Ok(log),
+        Err(LogError::Locked(_)) => {
+            let log = SqliteLogReader::open(&settings.data_dir)
+                .await
+                .context("cannot open the event log to read it")?;
+            Ok(log)
+        }
+        Err(error) => Err(error).context("cannot open the event log"),
+    }
 }
 
 fn auth_state(

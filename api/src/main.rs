@@ -12,6 +12,7 @@ use tally_api::app::{self, Roles};
 use tally_api::auth::{self, AuthSettings, Role};
 use tally_api::export::ExportArgs;
 use tally_api::settings::{DATABASE_URL_HELP, ReadStoreLocation, Settings};
+use tally_projections::swap::PreviousTables;
 use tracing_subscriber::EnvFilter;
 
 #[derive(Parser)]
@@ -44,7 +45,8 @@ enum Command {
     Notify(Settings),
     /// Rebuilds the read tables of an empty database (--database-url) from the log, prints
     /// how many records it applied and how fast, and exits; with --compare-with, also compares
-    /// them with a live store row by row. Exits 1 when they differ, 2 on an error.
+    /// them with a live store row by row, and with --swap then makes them the live ones.
+    /// Exits 1 when they differ, 2 on an error.
     Replay(ReplayArgs),
     /// Writes rows of the read store out, for analysts: `tally export transactions`.
     #[command(subcommand)]
@@ -72,6 +74,12 @@ struct ReplayArgs {
     /// as of where its projection stands when the replay begins. It is only read.
     #[arg(long, env = "TALLY_COMPARE_WITH", hide_env_values = true)]
     compare_with: Option<SecretString>,
+    /// After comparing, put the rebuilt tables in place of the live store's while Tally runs
+    /// on: live projectors are held back for the last records and resume on the rebuilt
+    /// tables. On MySQL both stores must be databases of one server, and the rebuilt database
+    /// keeps the previous tables; on SQLite the rebuilt rows are copied over the live ones.
+    #[arg(long, requires = "compare_with")]
+    swap: bool,
 }
 
 #[derive(clap::Args)]
@@ -205,8 +213,14 @@ async fn replay(args: ReplayArgs) -> ExitCode {
         settings,
         resume,
         compare_with,
+        swap,
     } = args;
-    let report = match app::replay(settings, resume, compare_with).await {
+    let options = app::ReplayOptions {
+        resume,
+        compare_with,
+        swap,
+    };
+    let report = match app::replay(settings, options).await {
         Ok(report) => report,
         Err(error) => return cannot_run(&error),
     };
@@ -234,6 +248,17 @@ async fn replay(args: ReplayArgs) -> ExitCode {
     let differing = comparison.differences.len() as u64 + comparison.differences_omitted;
     println!("rows compared      {}", comparison.rows_compared);
     println!("rows differing     {differing}");
+    if let Some(swapped) = &report.swapped {
+        println!("swapped            generation {}", swapped.generation);
+        println!("caught up          {} records", swapped.caught_up.records);
+        println!("projectors held    {:.3} s", swapped.held.as_secs_f64());
+        match &swapped.previous {
+            PreviousTables::KeptIn(database) => {
+                println!("previous tables    in database {database}");
+            }
+            PreviousTables::Overwritten => println!("previous tables    overwritten"),
+        }
+    }
     match comparison.is_equal() {
         true => ExitCode::SUCCESS,
         false => ExitCode::from(EXIT_FINDINGS),

@@ -28,6 +28,7 @@ mod projector;
 mod queries;
 mod sql;
 mod store;
+pub mod swap;
 #[cfg(any(test, feature = "test-support"))]
 pub mod test_support;
 #[cfg(test)]

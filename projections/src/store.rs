@@ -157,6 +157,17 @@ impl Snapshot {
     pub(crate) fn connection(&mut self) -> &mut SnapshotConnection {
         &mut self.connection
     }
+
+    /// Ends the read transaction now. A snapshot only dropped ends it when its connection is
+    /// next used, and until then, on MySQL, holds the metadata locks of the tables it read,
+    /// which a `RENAME TABLE` waits for.
+    pub async fn close(self) -> Result<(), ProjectionError> {
+        match self.connection {
+            SnapshotConnection::Sqlite(transaction) => transaction.rollback().await?,
+            SnapshotConnection::MySql(transaction) => transaction.rollback().await?,
+        }
+        Ok(())
+    }
 }
 
 /// Runs `$body` with `$conn` bound to the snapshot's connection (`&mut SqliteConnection` or

@@ -81,6 +81,18 @@ fn mysql_server_url() -> Result<String> {
     )
 }
 
+/// A store made for one test's replay; see [`TestApp::scratch_store`].
+pub struct ScratchStore {
+    pub url: String,
+    _kept: Scratch,
+}
+
+/// What a scratch store holds on to until it is dropped.
+enum Scratch {
+    Directory { _directory: TempDir },
+    Database { _database: MysqlDatabase },
+}
+
 impl MysqlDatabase {
     /// A new database on the server `server_url` names; its parameters (TLS settings, say)
     /// hold for every connection to it, the app's and the drop's included.
@@ -468,24 +480,58 @@ impl TestApp {
         self._database.as_ref().map(MysqlDatabase::url)
     }
 
-    /// Runs `tally replay` on the app's log into a fresh SQLite file, compared with the app's
-    /// live read store, and returns its exit code (0 equal, 1 differing) and what it printed.
-    /// On the embedded default the app must be stopped first: the log is one process's.
-    pub fn replay_compared(&self) -> Result<(i32, String)> {
-        let data_dir = self.data_dir.path();
-        let target = tempfile::tempdir()?;
-        let target_url = target.path().join("rebuilt.db").display().to_string();
-        let live_url = match self.database_url() {
+    /// The URL of the app's live read store, as `--compare-with` takes it.
+    pub fn live_store_url(&self) -> String {
+        match self.database_url() {
             Some(url) => url,
-            None => data_dir.join("read.db").display().to_string(),
-        };
-        let args = ["--compare-with", live_url.as_str()];
-        let output = self.run_tally_on_database("replay", data_dir, &target_url, &args)?;
+            None => self.data_dir.path().join("read.db").display().to_string(),
+        }
+    }
+
+    /// An empty store for `tally replay` to rebuild into: a SQLite file in a directory of its
+    /// own, or a new database on the app's MariaDB server. Both go when it is dropped.
+    pub async fn scratch_store(&self) -> Result<ScratchStore> {
+        match &self._database {
+            Some(database) => {
+                let database = MysqlDatabase::create(database.server_url.clone()).await?;
+                Ok(ScratchStore {
+                    url: database.url(),
+                    _kept: Scratch::Database {
+                        _database: database,
+                    },
+                })
+            }
+            None => {
+                let directory = tempfile::tempdir()?;
+                Ok(ScratchStore {
+                    url: directory.path().join("rebuilt.db").display().to_string(),
+                    _kept: Scratch::Directory {
+                        _directory: directory,
+                    },
+                })
+            }
+        }
+    }
+
+    /// Runs `tally replay` on the app's log into the store at `target_url`, with `args`, and
+    /// returns its exit code (0 equal, 1 differing) and what it printed.
+    pub fn replay_into(&self, target_url: &str, args: &[&str]) -> Result<(i32, String)> {
+        let data_dir = self.data_dir.path();
+        let output = self.run_tally_on_database("replay", data_dir, target_url, args)?;
         let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
         let stderr = String::from_utf8_lossy(&output.stderr);
         let code = output.status.code().context("tally replay was killed")?;
         anyhow::ensure!(code != 2, "tally replay could not run: {stderr}");
         Ok((code, stdout))
+    }
+
+    /// Runs `tally replay` on the app's log into a fresh SQLite file, compared with the app's
+    /// live read store, and returns its exit code (0 equal, 1 differing) and what it printed.
+    pub fn replay_compared(&self) -> Result<(i32, String)> {
+        let target = tempfile::tempdir()?;
+        let target_url = target.path().join("rebuilt.db").display().to_string();
+        let live_url = self.live_store_url();
+        self.replay_into(&target_url, &["--compare-with", live_url.as_str()])
     }
 
     /// Kills the process with SIGKILL: no draining, no committing.

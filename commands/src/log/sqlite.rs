@@ -25,7 +25,7 @@ mod writer;
 
 use std::fs::File;
 use std::num::NonZeroU32;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use async_trait::async_trait;
@@ -220,4 +220,100 @@ impl EventLog for SqliteLog {
         let consumer = SqliteConsumer::join(Arc::clone(&self.inner), group, topics).await?;
         Ok(Box::new(consumer))
     }
+}
+
+/// The embedded log opened only to read it, beside the process that holds it: what an audit or
+/// a replay uses while Tally runs. It takes no lock on the data directory, runs no migration
+/// and never writes; WAL lets its reads run beside the writer, and every read sees only
+/// committed records. Appending and joining a consumer group are refused.
+pub struct SqliteLogReader {
+    partition_count: NonZeroU32,
+    read_pool: SqlitePool,
+}
+
+impl SqliteLogReader {
+    /// Opens the log in `data_dir`, which must exist: its partition count is the one the log
+    /// was created with.
+    pub async fn open(data_dir: &Path) -> Result<Arc<SqliteLogReader>, LogError> {
+        let db_path = data_dir.join(setup::DB_FILE_NAME);
+        if !db_path.is_file() {
+            return Err(LogError::Invalid(format!(
+                "no event log at {}",
+                db_path.display()
+            )));
+        }
+        let read_pool = setup::connect_readers(&db_path).await?;
+        let count: i64 = sqlx::query_scalar("SELECT partition_count FROM log_meta WHERE id = 1")
+            .fetch_one(&read_pool)
+            .await
+            .map_err(store::storage)?;
+        let partition_count = u32::try_from(count)
+            .ok()
+            .and_then(NonZeroU32::new)
+            .ok_or_else(|| store::storage(format!("partition count {count} in the database")))?;
+        tracing::info!(
+            data_dir = %data_dir.display(),
+            partition_count = partition_count.get(),
+            "event log opened to read only"
+        );
+        Ok(Arc::new(SqliteLogReader {
+            partition_count,
+            read_pool,
+        }))
+    }
+
+    fn check_partition(&self, partition: TopicPartition) -> Result<(), LogError> {
+        if partition.partition < self.partition_count.get() {
+            return Ok(());
+        }
+        Err(LogError::Invalid(format!(
+            "partition {} of {} is out of range: the log has {} partitions",
+            partition.partition,
+            partition.topic.name(),
+            self.partition_count
+        )))
+    }
+}
+
+#[async_trait]
+impl EventLog for SqliteLogReader {
+    fn partition_count(&self) -> u32 {
+        self.partition_count.get()
+    }
+
+    fn partition_for(&self, key: &str) -> u32 {
+        partition_for_key(key.as_bytes(), self.partition_count)
+    }
+
+    async fn append(&self, _records: Vec<NewRecord>) -> Result<Vec<Position>, LogError> {
+        Err(read_only())
+    }
+
+    async fn read(
+        &self,
+        partition: TopicPartition,
+        from_offset: u64,
+        max_records: usize,
+    ) -> Result<Vec<Record>, LogError> {
+        self.check_partition(partition)?;
+        let limit = max_records.min(RECORDS_PER_READ_MAX);
+        store::read_records(&self.read_pool, partition, from_offset, limit).await
+    }
+
+    async fn end_offset(&self, partition: TopicPartition) -> Result<u64, LogError> {
+        self.check_partition(partition)?;
+        store::read_end_offset(&self.read_pool, partition).await
+    }
+
+    async fn consumer(
+        &self,
+        _group: &str,
+        _topics: &[Topic],
+    ) -> Result<Box<dyn Consumer>, LogError> {
+        Err(read_only())
+    }
+}
+
+fn read_only() -> LogError {
+    LogError::Invalid("this log was opened to read only".into())
 }
