@@ -339,9 +339,13 @@ async fn swap_sqlite(
 }
 
 /// Under the live store's write lock: catches the rebuilt store up to the live offsets, then
-/// replaces every projected table's rows with the rebuilt ones. A deferred transaction whose
+/// makes every projected table's rows those of the rebuilt one. A deferred transaction whose
 /// first statement writes the live file locks only that file, so the replay can still write
 /// the rebuilt one beside it.
+///
+/// Only the rows that differ are written: the lock holds back the live projector and the
+/// API's own writes, and a healthy store differs from its rebuild in few rows or none, so the
+/// time held is that of reading both tables once by their keys rather than of writing them.
 async fn copy_rebuilt(
     conn: &mut SqliteConnection,
     log: &dyn EventLog,
@@ -360,27 +364,49 @@ async fn copy_rebuilt(
         "rebuilt store at the live offsets; copying its rows"
     );
     for table in projected_tables() {
-        let columns: Vec<String> = sqlx::query_scalar(AssertSqlSafe(format!(
-            "SELECT name FROM pragma_table_info('{table}')"
+        let columns: Vec<(String, i64)> = sqlx::query_as(AssertSqlSafe(format!(
+            "SELECT name, pk FROM pragma_table_info('{table}') ORDER BY cid"
         )))
         .fetch_all(&mut *transaction)
         .await?;
-        let columns = columns
-            .iter()
-            .map(|column| format!("\"{column}\""))
-            .collect::<Vec<_>>()
-            .join(", ");
-        transaction
-            .execute(AssertSqlSafe(format!("DELETE FROM main.{table}")))
-            .await?;
-        transaction
-            .execute(AssertSqlSafe(format!(
-                "INSERT INTO main.{table} ({columns}) SELECT {columns} FROM rebuilt.{table}"
-            )))
-            .await?;
+        for statement in sync_statements(table, &columns) {
+            transaction.execute(AssertSqlSafe(statement)).await?;
+        }
     }
     transaction.commit().await?;
     Ok((generation, last, held.elapsed()))
+}
+
+/// The statements that make `main.{table}` hold exactly the rows of `rebuilt.{table}`: delete
+/// every live row the rebuilt table lacks or holds otherwise, then insert every rebuilt row
+/// the live table now lacks. `columns` are the table's columns and their place in its primary
+/// key (0 for none); `IS` compares NULLs as equal.
+fn sync_statements(table: &str, columns: &[(String, i64)]) -> [String; 2] {
+    let quoted = |column: &str| format!("\"{column}\"");
+    let names: Vec<String> = columns.iter().map(|(name, _)| quoted(name)).collect();
+    let list = names.join(", ");
+    let matching = |left: &str, right: &str, only_keys: bool| {
+        (columns.iter())
+            .filter(|(_, pk)| !only_keys || *pk > 0)
+            .map(|(name, _)| {
+                let name = quoted(name);
+                format!("{left}.{name} IS {right}.{name}")
+            })
+            .collect::<Vec<_>>()
+            .join(" AND ")
+    };
+    [
+        format!(
+            "DELETE FROM main.{table} AS live WHERE NOT EXISTS \
+             (SELECT 1 FROM rebuilt.{table} AS new WHERE {})",
+            matching("new", "live", false)
+        ),
+        format!(
+            "INSERT INTO main.{table} ({list}) SELECT {list} FROM rebuilt.{table} AS new \
+             WHERE NOT EXISTS (SELECT 1 FROM main.{table} AS live WHERE {})",
+            matching("live", "new", true)
+        ),
+    ]
 }
 
 /// The file a SQLite pool's main database lives in; empty for an in-memory one.
