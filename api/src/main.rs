@@ -426,9 +426,12 @@ fn read_password() -> anyhow::Result<SecretString> {
     std::io::stdin()
         .read_to_string(&mut password)
         .context("cannot read the password")?;
-    Ok(SecretString::from(
-        password.trim_end_matches(['\r', '\n']).to_owned(),
-    ))
+    let password = password.trim_end_matches(['\r', '\n']);
+    anyhow::ensure!(
+        !password.is_empty(),
+        "no password given: set TALLY_USER_PASSWORD or write it to standard input"
+    );
+    Ok(SecretString::from(password.to_owned()))
 }
 
 #[cfg(test)]

@@ -33,7 +33,7 @@ use crate::store::{ReadStore, Snapshot};
 use chain::{BreakLocator, ChainWalk};
 use ledger::{At, LedgerFold};
 use report::Findings;
-pub use report::{FINDINGS_KEPT_MAX, Finding, FindingKind, Severity, VerifyReport};
+pub use report::{FINDINGS_KEPT_MAX, Finding, FindingKind, Severity, Verdict, VerifyReport};
 
 /// Records read from the log per call: large enough to amortize a read, small enough to keep
 /// the audit's memory in the low megabytes per call.

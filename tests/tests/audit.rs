@@ -92,6 +92,7 @@ async fn an_honest_ledger_verifies_clean(backend: Backend) -> Result<()> {
     assert_eq!(json_code, 0, "{json}");
     let report: Value = serde_json::from_str(&json)?;
     assert_eq!(report["failures"], 0, "{json}");
+    assert_eq!(report["verdict"], "CLEAN", "{json}");
     assert_eq!(report["eventsChecked"], 8, "{json}");
     assert_eq!(report["transactions"], 2, "{json}");
     assert!(report["rowsCompared"].as_u64() > Some(8), "{json}");
@@ -112,8 +113,12 @@ async fn a_balance_changed_in_the_read_store_is_a_difference_from_the_replay(
 
     let data_dir = app.data_dir.path().to_owned();
     let (code, text) = verify(&app, &data_dir, &[])?;
+    let (json_code, json) = verify(&app, &data_dir, &["--format", "json"])?;
 
     assert_eq!(code, 1, "{text}");
+    assert_eq!(json_code, 1, "{json}");
+    let report: Value = serde_json::from_str(&json)?;
+    assert_eq!(report["verdict"], "FAILED", "{json}");
     let difference = format!(
         "FAIL read_store_differs: accounts [account_id={}] balance: live 1069.5, replayed 69.5",
         user.uid

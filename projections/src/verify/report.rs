@@ -258,6 +258,19 @@ pub struct VerifyReport {
     pub findings: Vec<Finding>,
     /// Findings found beyond those kept.
     pub findings_omitted: u64,
+    /// `CLEAN`, or `FAILED` when any finding fails the audit.
+    pub verdict: Verdict,
+}
+
+/// The outcome of an audit, as its report states it.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum Verdict {
+    /// No finding fails the audit; information may be listed.
+    #[default]
+    Clean,
+    /// At least one finding fails it.
+    Failed,
 }
 
 impl VerifyReport {
@@ -266,6 +279,10 @@ impl VerifyReport {
         self.information = findings.information;
         self.findings = findings.kept;
         self.findings_omitted = findings.omitted;
+        self.verdict = match self.failures {
+            0 => Verdict::Clean,
+            _ => Verdict::Failed,
+        };
         self
     }
 
@@ -283,7 +300,10 @@ impl VerifyReport {
         if self.findings_omitted > 0 {
             let _ = writeln!(text, "... and {} findings more", self.findings_omitted);
         }
-        let verdict = if self.failed() { "FAILED" } else { "CLEAN" };
+        let verdict = match self.verdict {
+            Verdict::Clean => "CLEAN",
+            Verdict::Failed => "FAILED",
+        };
         let lines = [
             ("events checked", self.events_checked),
             ("commands checked", self.commands_checked),
