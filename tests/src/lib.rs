@@ -328,7 +328,7 @@ impl TestApp {
             .args(&self.extra_args)
             .env_remove("TALLY_KAFKA_BROKERS")
             .env_remove("TALLY_DATABASE_URL")
-            .env("TALLY_LOG", "warn")
+            .env("TALLY_LOG", role_log_filter())
             .env("TALLY_ADMIN_USERNAME", "admin")
             .env("TALLY_ADMIN_PASSWORD", ADMIN_PASSWORD)
             .stdout(Stdio::null())
@@ -778,8 +778,9 @@ pub struct Deployment {
 /// The lines of each process's log that [`Deployment::log_tails`] shows.
 const LOG_TAIL_LINES: usize = 40;
 
-/// What each role process logs: `TALLY_TEST_ROLE_LOG` when set (a `TALLY_LOG` filter, such
-/// as `info,tally_commands=debug`), warnings and errors otherwise.
+/// What each `tally` process a test runs Tally in logs (to the test's standard error for a
+/// [`TestApp`], to a file for a [`Deployment`]'s roles): `TALLY_TEST_ROLE_LOG` when set (a
+/// `TALLY_LOG` filter, such as `info,tally_commands=debug`), warnings and errors otherwise.
 fn role_log_filter() -> String {
     std::env::var("TALLY_TEST_ROLE_LOG").unwrap_or_else(|_| "warn".to_owned())
 }
