@@ -331,7 +331,7 @@ impl TestApp {
             .env("TALLY_LOG", role_log_filter())
             .env("TALLY_ADMIN_USERNAME", "admin")
             .env("TALLY_ADMIN_PASSWORD", ADMIN_PASSWORD)
-            .stdout(Stdio::null())
+            .stdout(app_log_destination())
             .stderr(Stdio::inherit())
             .spawn()
             .context("cannot start tally")?;
@@ -773,6 +773,15 @@ pub struct Deployment {
     backend_args: Vec<String>,
     /// Dropped after the processes are killed (see `Drop`).
     _database: Option<MysqlDatabase>,
+}
+
+/// Where a [`TestApp`]'s log goes: to the test's standard output when `TALLY_TEST_ROLE_LOG`
+/// asks for one, nowhere otherwise.
+fn app_log_destination() -> Stdio {
+    match std::env::var_os("TALLY_TEST_ROLE_LOG") {
+        Some(_) => Stdio::inherit(),
+        None => Stdio::null(),
+    }
 }
 
 /// The lines of each process's log that [`Deployment::log_tails`] shows.
