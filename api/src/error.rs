@@ -16,6 +16,7 @@ use axum::http::header::{CONTENT_TYPE, RETRY_AFTER, WWW_AUTHENTICATE};
 use axum::http::{HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use serde::Serialize;
+use tally_projections::ProjectionError;
 
 /// Media type of every error body (RFC 9457 section 3).
 pub const PROBLEM_JSON: &str = "application/problem+json";
@@ -273,9 +274,27 @@ impl IntoResponse for ApiError {
 
 impl From<sqlx::Error> for ApiError {
     fn from(error: sqlx::Error) -> Self {
-        Self::Internal(anyhow::Error::new(error).context("database query failed"))
+        ApiError::from_store(ProjectionError::from(error), "database query failed")
     }
 }
+
+impl ApiError {
+    /// A failure of the database under the read store. One that a retry may get past (a lock
+    /// held past the wait, a pool with no free connection) is a 503 the client retries: the
+    /// store is busy, not broken. Anything else is a 500.
+    pub fn from_store(error: ProjectionError, context: &'static str) -> Self {
+        if error.is_transient() {
+            tracing::warn!(error = %anyhow::Error::new(error).context(context), "store busy; answered 503");
+            return Self::ServiceUnavailable {
+                retry_after_s: STORE_BUSY_RETRY_AFTER_S,
+            };
+        }
+        Self::Internal(anyhow::Error::new(error).context(context))
+    }
+}
+
+/// How long a client is told to wait after the store was too busy to answer.
+const STORE_BUSY_RETRY_AFTER_S: u32 = 1;
 
 /// Fallback handler for paths no route matches: `Router::fallback(error::not_found)`.
 pub async fn not_found() -> ApiError {
@@ -358,6 +377,17 @@ mod tests {
         assert_eq!(response.status(), StatusCode::SERVICE_UNAVAILABLE);
         assert_eq!(response.headers()[RETRY_AFTER], "2");
         assert_eq!(body_json(response).await["code"], "result_pending");
+    }
+
+    #[tokio::test]
+    async fn a_store_too_busy_to_answer_is_a_503_and_a_broken_one_a_500() {
+        let busy = ApiError::from(sqlx::Error::PoolTimedOut).into_response();
+        let broken = ApiError::from(sqlx::Error::RowNotFound).into_response();
+
+        assert_eq!(busy.status(), StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(busy.headers()[RETRY_AFTER], "1");
+        assert_eq!(body_json(busy).await["code"], "service_unavailable");
+        assert_eq!(broken.status(), StatusCode::INTERNAL_SERVER_ERROR);
     }
 
     #[tokio::test]

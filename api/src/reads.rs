@@ -126,7 +126,7 @@ pub async fn projected_offsets(store: &ReadStore) -> Result<Vec<StoredOffset>, A
 }
 
 fn read_failed(error: tally_projections::ProjectionError) -> ApiError {
-    ApiError::internal(anyhow::Error::new(error).context("read store query failed"))
+    ApiError::from_store(error, "read store query failed")
 }
 
 pub async fn account(

@@ -281,7 +281,7 @@ fn is_unique_violation(error: &sqlx::Error) -> bool {
 }
 
 fn query_failed(action: &'static str, error: sqlx::Error) -> ApiError {
-    ApiError::Internal(anyhow::Error::new(error).context(action))
+    ApiError::from_store(error.into(), action)
 }
 
 #[cfg(test)]
