@@ -577,6 +577,39 @@ async fn a_bearer_token_and_an_api_key_together_are_refused() {
 }
 
 #[tokio::test]
+async fn two_authorization_headers_or_two_api_keys_are_refused() {
+    let app = spawn_app().await;
+    app.signup("hedy").await;
+    let token = app.login("hedy").await;
+    let created = app.create_api_key(&token).await;
+    let key = created["apiKey"].as_str().expect("key");
+    let two_tokens = Request::get("/me")
+        .header(AUTHORIZATION, format!("Bearer {token}"))
+        .header(AUTHORIZATION, "Bearer someone-else")
+        .body(Body::empty())
+        .expect("request");
+    let two_keys = Request::get("/me")
+        .header("x-api-key", key)
+        .header("x-api-key", "another-key")
+        .body(Body::empty())
+        .expect("request");
+
+    let tokens_reply = app.send(two_tokens).await;
+    let keys_reply = app.send(two_keys).await;
+
+    assert_problem(
+        &tokens_reply,
+        StatusCode::BAD_REQUEST,
+        "ambiguous_credentials",
+    );
+    assert_problem(
+        &keys_reply,
+        StatusCode::BAD_REQUEST,
+        "ambiguous_credentials",
+    );
+}
+
+#[tokio::test]
 async fn revoking_a_key_id_of_the_wrong_shape_is_invalid_path() {
     let app = spawn_app().await;
     app.signup("hedy").await;

@@ -169,13 +169,16 @@ enum Credential<'a> {
 }
 
 impl<'a> Credential<'a> {
-    /// Exactly one of the two headers: a request that sends both could act for either of two
-    /// principals, so it is refused rather than resolved by a precedence rule.
+    /// Exactly one credential header, once: a request that sends both, or either twice, could
+    /// act for either of two principals, so it is refused rather than resolved by a
+    /// precedence rule.
     fn from_headers(headers: &'a HeaderMap) -> Result<Self, ApiError> {
-        if headers.contains_key(AUTHORIZATION) && headers.contains_key(API_KEY_HEADER) {
+        let presented = headers.get_all(AUTHORIZATION).iter().count()
+            + headers.get_all(API_KEY_HEADER).iter().count();
+        if presented > 1 {
             return Err(ApiError::invalid(
                 "ambiguous_credentials",
-                "send either an Authorization bearer token or an X-API-Key, not both",
+                "send one Authorization bearer token or one X-API-Key, not both or two of either",
             ));
         }
         if let Some(value) = headers.get(AUTHORIZATION) {
