@@ -189,6 +189,19 @@ pub async fn replay(settings: Settings, options: ReplayOptions) -> anyhow::Resul
             applied.len()
         );
     }
+    // The live store to swap into is checked before the replay, which may take long.
+    let swap_into = match (swap, &compare_with) {
+        (true, Some(url)) => {
+            let live = ReadStore::open(url.expose_secret())
+                .await
+                .context("cannot open the live store named by --compare-with to swap")?;
+            swap::check_targets(&live, &store)
+                .await
+                .context("cannot swap the rebuilt tables into the live store")?;
+            Some(live)
+        }
+        _ => None,
+    };
     let started = std::time::Instant::now();
     let projector = ProjectorSettings::default();
     let (mut replayed, comparison) = match &compare_with {
@@ -207,18 +220,15 @@ pub async fn replay(settings: Settings, options: ReplayOptions) -> anyhow::Resul
     replayed.records += rest.records;
     replayed.batches += rest.batches;
     let elapsed = started.elapsed();
-    let swapped = match (swap, &compare_with) {
-        (true, Some(url)) => {
-            let live = ReadStore::open(url.expose_secret())
-                .await
-                .context("cannot open the live store named by --compare-with to swap")?;
+    let swapped = match swap_into {
+        Some(live) => {
             let swapped = swap::swap(log.as_ref(), &live, &store, &projector)
                 .await
                 .context("the swap failed; the live tables are as they were")?;
             live.close().await;
             Some(swapped)
         }
-        _ => None,
+        None => None,
     };
     store.close().await;
     Ok(ReplayReport {

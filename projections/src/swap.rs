@@ -112,6 +112,58 @@ pub async fn swap(
     }
 }
 
+/// Refuses, before any work, two stores that cannot be swapped: on different backends, the
+/// same store twice, or MySQL databases of different servers. What [`swap`] checks first,
+/// for a caller that wants to know before it spends a replay on the rebuilt store.
+pub async fn check_targets(live: &ReadStore, rebuilt: &ReadStore) -> Result<(), ProjectionError> {
+    match (live.pool(), rebuilt.pool()) {
+        (StorePool::MySql(live), StorePool::MySql(rebuilt)) => {
+            mysql_targets(live, rebuilt).await.map(drop)
+        }
+        (StorePool::Sqlite(live), StorePool::Sqlite(rebuilt)) => {
+            sqlite_targets(live, rebuilt).await.map(drop)
+        }
+        _ => Err(refused(
+            "the rebuilt store and the live one must both be SQLite or both MySQL",
+        )),
+    }
+}
+
+/// The names of the live and the rebuilt databases, once they are known to be two databases
+/// of one server.
+async fn mysql_targets(
+    live: &sqlx::MySqlPool,
+    rebuilt: &sqlx::MySqlPool,
+) -> Result<(String, String), ProjectionError> {
+    let live_database = database_name(live).await?;
+    let rebuilt_database = database_name(rebuilt).await?;
+    if live_database == rebuilt_database {
+        return Err(refused(format!(
+            "the rebuilt store is the live database {live_database:?} itself"
+        )));
+    }
+    check_same_server(live, rebuilt, &rebuilt_database).await?;
+    Ok((live_database, rebuilt_database))
+}
+
+/// The rebuilt store's file, once it is known to be another file than the live one.
+async fn sqlite_targets(
+    live: &sqlx::SqlitePool,
+    rebuilt: &sqlx::SqlitePool,
+) -> Result<String, ProjectionError> {
+    let live_file = main_file(live).await?;
+    let rebuilt_file = main_file(rebuilt).await?;
+    if rebuilt_file.is_empty() || live_file.is_empty() {
+        return Err(refused("both stores must be SQLite files"));
+    }
+    if std::fs::canonicalize(&live_file).ok() == std::fs::canonicalize(&rebuilt_file).ok() {
+        return Err(refused(format!(
+            "the rebuilt store is the live file {live_file} itself"
+        )));
+    }
+    Ok(rebuilt_file)
+}
+
 fn refused(reason: impl Into<String>) -> ProjectionError {
     ProjectionError::SwapRefused(reason.into())
 }
@@ -176,14 +228,7 @@ async fn swap_mysql(
     else {
         return Err(refused("both stores must be MySQL"));
     };
-    let live_database = database_name(live_pool).await?;
-    let rebuilt_database = database_name(rebuilt_pool).await?;
-    if live_database == rebuilt_database {
-        return Err(refused(format!(
-            "the rebuilt store is the live database {live_database:?} itself"
-        )));
-    }
-    check_same_server(live_pool, rebuilt_pool, &rebuilt_database).await?;
+    let (live_database, rebuilt_database) = mysql_targets(live_pool, rebuilt_pool).await?;
     let mut caught_up = catch_up(log, live, rebuilt, settings).await?;
     tracing::info!(
         records = caught_up.records,
@@ -303,16 +348,7 @@ async fn swap_sqlite(
     else {
         return Err(refused("both stores must be SQLite"));
     };
-    let live_file = main_file(live_pool).await?;
-    let rebuilt_file = main_file(rebuilt_pool).await?;
-    if rebuilt_file.is_empty() || live_file.is_empty() {
-        return Err(refused("both stores must be SQLite files"));
-    }
-    if std::fs::canonicalize(&live_file).ok() == std::fs::canonicalize(&rebuilt_file).ok() {
-        return Err(refused(format!(
-            "the rebuilt store is the live file {live_file} itself"
-        )));
-    }
+    let rebuilt_file = sqlite_targets(live_pool, rebuilt_pool).await?;
     let mut caught_up = catch_up(log, live, rebuilt, settings).await?;
     tracing::info!(
         records = caught_up.records,
@@ -326,6 +362,9 @@ async fn swap_sqlite(
         .await?;
     let copied = copy_rebuilt(&mut conn, log, rebuilt, settings).await;
     let _ = conn.execute("DETACH DATABASE rebuilt").await;
+    // The rows written went through the live file's write-ahead log; fold it back in now,
+    // if no reader holds it, rather than leave it at its largest.
+    let _ = conn.execute("PRAGMA main.wal_checkpoint(TRUNCATE)").await;
     let _ = conn.close().await;
     let (generation, last, held) = copied?;
     caught_up.records += last.records;
