@@ -284,7 +284,8 @@ impl ApiError {
     /// store is busy, not broken. Anything else is a 500.
     pub fn from_store(error: ProjectionError, context: &'static str) -> Self {
         if error.is_transient() {
-            tracing::warn!(error = %anyhow::Error::new(error).context(context), "store busy; answered 503");
+            let error = anyhow::Error::new(error).context(context);
+            tracing::warn!(error = format!("{error:#}"), "store busy; answered 503");
             return Self::ServiceUnavailable {
                 retry_after_s: STORE_BUSY_RETRY_AFTER_S,
             };

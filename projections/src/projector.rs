@@ -118,10 +118,15 @@ pub async fn run(
                 let owned: BTreeSet<TopicPartition> =
                     positions.keys().copied().chain(partitions).collect();
                 let owned: Vec<TopicPartition> = owned.into_iter().collect();
-                let resumed =
-                    resume(&store, consumer.as_mut(), &owned, &settings, &mut shutdown).await?;
-                generation = resumed.generation;
-                positions.extend(resumed.positions);
+                generation = resume(
+                    &store,
+                    consumer.as_mut(),
+                    &owned,
+                    &mut positions,
+                    &settings,
+                    &mut shutdown,
+                )
+                .await?;
                 tracing::info!(
                     partitions = owned.len(),
                     generation,
@@ -157,11 +162,15 @@ pub async fn run(
                         // moved its offsets. Its offsets say what its rows hold, so resuming
                         // from them neither loses a record nor applies one twice.
                         let owned: Vec<TopicPartition> = positions.keys().copied().collect();
-                        let resumed =
-                            resume(&store, consumer.as_mut(), &owned, &settings, &mut shutdown)
-                                .await?;
-                        generation = resumed.generation;
-                        positions.extend(resumed.positions);
+                        generation = resume(
+                            &store,
+                            consumer.as_mut(),
+                            &owned,
+                            &mut positions,
+                            &settings,
+                            &mut shutdown,
+                        )
+                        .await?;
                         tracing::warn!(%error, generation, "resumed from the store's offsets");
                     }
                     Err(error) => return Err(error),
@@ -402,14 +411,9 @@ async fn drop_applied(
     records
 }
 
-/// Where the store says the projection stopped, and the generation of its tables.
-struct Resumed {
-    generation: u64,
-    positions: Vec<(TopicPartition, u64)>,
-}
-
-/// Moves the consumer to where the store says the projection stopped in each partition, and
-/// returns those offsets with the generation of the tables that hold them.
+/// Moves the consumer to where the store says the projection stopped in each partition,
+/// records those offsets in `positions`, and returns the generation of the tables that hold
+/// them.
 ///
 /// The generation is read before the offsets: a swap between the two reads leaves an old
 /// generation with new offsets, which the next batch notices, and never the reverse.
@@ -417,9 +421,10 @@ async fn resume(
     store: &ReadStore,
     consumer: &mut dyn Consumer,
     partitions: &[TopicPartition],
+    positions: &mut HashMap<TopicPartition, u64>,
     settings: &ProjectorSettings,
     shutdown: &mut watch::Receiver<bool>,
-) -> Result<Resumed, ProjectionError> {
+) -> Result<u64, ProjectionError> {
     let mut backoff = Backoff::new(settings);
     let (generation, stored) = loop {
         let read =
@@ -429,16 +434,12 @@ async fn resume(
             Err(error) => backoff.pause(error, shutdown).await?,
         }
     };
-    let mut positions = Vec::with_capacity(partitions.len());
     for &partition in partitions {
         let next_offset = next_offset(&stored, partition);
         consumer.seek(partition, next_offset).await?;
-        positions.push((partition, next_offset));
+        positions.insert(partition, next_offset);
     }
-    Ok(Resumed {
-        generation,
-        positions,
-    })
+    Ok(generation)
 }
 
 /// Applies a decoded batch, applying it again from scratch after a transient failure. With a

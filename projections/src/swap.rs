@@ -186,6 +186,10 @@ async fn catch_up(
             break;
         }
     }
+    tracing::info!(
+        records = caught_up.records,
+        "rebuilt store caught up; holding the projectors"
+    );
     Ok(caught_up)
 }
 
@@ -230,10 +234,6 @@ async fn swap_mysql(
     };
     let (live_database, rebuilt_database) = mysql_targets(live_pool, rebuilt_pool).await?;
     let mut caught_up = catch_up(log, live, rebuilt, settings).await?;
-    tracing::info!(
-        records = caught_up.records,
-        "rebuilt store caught up; holding the projectors"
-    );
 
     let mut control = live_pool.begin().await?;
     let generation = hold::<MySql>(&mut *control).await?;
@@ -350,10 +350,6 @@ async fn swap_sqlite(
     };
     let rebuilt_file = sqlite_targets(live_pool, rebuilt_pool).await?;
     let mut caught_up = catch_up(log, live, rebuilt, settings).await?;
-    tracing::info!(
-        records = caught_up.records,
-        "rebuilt store caught up; holding the projectors"
-    );
 
     let mut conn = live_pool.acquire().await?.detach();
     sqlx::query("ATTACH DATABASE ? AS rebuilt")

@@ -146,20 +146,20 @@ impl SqliteLog {
     }
 }
 
-impl Inner {
-    /// Refuses a partition number outside the log's range.
-    fn check_partition(&self, partition: TopicPartition) -> Result<(), LogError> {
-        if partition.partition < self.partition_count.get() {
-            return Ok(());
-        }
-        Err(LogError::Invalid(format!(
-            "partition {} of {} is out of range: the log has {} partitions",
-            partition.partition,
-            partition.topic.name(),
-            self.partition_count
-        )))
+/// Refuses a partition number outside the range of a log of `partition_count` partitions.
+fn check_partition(partition: TopicPartition, partition_count: NonZeroU32) -> Result<(), LogError> {
+    if partition.partition < partition_count.get() {
+        return Ok(());
     }
+    Err(LogError::Invalid(format!(
+        "partition {} of {} is out of range: the log has {} partitions",
+        partition.partition,
+        partition.topic.name(),
+        partition_count
+    )))
+}
 
+impl Inner {
     /// Hands a request to the writer task and waits for its answer.
     async fn call<T>(
         &self,
@@ -206,13 +206,13 @@ impl EventLog for SqliteLog {
         from_offset: u64,
         max_records: usize,
     ) -> Result<Vec<Record>, LogError> {
-        self.inner.check_partition(partition)?;
+        check_partition(partition, self.inner.partition_count)?;
         let limit = max_records.min(RECORDS_PER_READ_MAX);
         store::read_records(&self.inner.read_pool, partition, from_offset, limit).await
     }
 
     async fn end_offset(&self, partition: TopicPartition) -> Result<u64, LogError> {
-        self.inner.check_partition(partition)?;
+        check_partition(partition, self.inner.partition_count)?;
         store::read_end_offset(&self.inner.read_pool, partition).await
     }
 
@@ -261,18 +261,6 @@ impl SqliteLogReader {
             read_pool,
         }))
     }
-
-    fn check_partition(&self, partition: TopicPartition) -> Result<(), LogError> {
-        if partition.partition < self.partition_count.get() {
-            return Ok(());
-        }
-        Err(LogError::Invalid(format!(
-            "partition {} of {} is out of range: the log has {} partitions",
-            partition.partition,
-            partition.topic.name(),
-            self.partition_count
-        )))
-    }
 }
 
 #[async_trait]
@@ -295,13 +283,13 @@ impl EventLog for SqliteLogReader {
         from_offset: u64,
         max_records: usize,
     ) -> Result<Vec<Record>, LogError> {
-        self.check_partition(partition)?;
+        check_partition(partition, self.partition_count)?;
         let limit = max_records.min(RECORDS_PER_READ_MAX);
         store::read_records(&self.read_pool, partition, from_offset, limit).await
     }
 
     async fn end_offset(&self, partition: TopicPartition) -> Result<u64, LogError> {
-        self.check_partition(partition)?;
+        check_partition(partition, self.partition_count)?;
         store::read_end_offset(&self.read_pool, partition).await
     }
 
