@@ -32,19 +32,23 @@ cargo fmt --all -- --check
 echo "==> cargo clippy"
 cargo clippy --workspace --all-targets --locked -- -D warnings
 
+# The `checked` profile (see Cargo.toml) keeps debug assertions but optimizes, since the
+# end-to-end suites spend most of their time inside the real binary.
+profile=(--profile checked)
+
 echo "==> cargo build (the tally binary the end-to-end tests run)"
-cargo build --workspace --bins --locked
+cargo build --workspace --bins --locked "${profile[@]}"
 
 echo "==> cargo test"
 status=0
-cargo test --workspace --locked --no-fail-fast || status=$?
+cargo test --workspace --locked --no-fail-fast "${profile[@]}" || status=$?
 
 # After the rest, one at a time: the broker restart stops the broker every Kafka test shares.
 echo "==> fault suites (roles killed under load)"
-cargo test -p tally-tests --features fault-suites --locked --test faults || status=$?
+suites=(-p tally-tests --features fault-suites --locked "${profile[@]}")
+cargo test "${suites[@]}" --test faults || status=$?
 echo "==> fault suite (the broker restarted under load)"
-cargo test -p tally-tests --features fault-suites --locked --test broker_restart || status=$?
+cargo test "${suites[@]}" --test broker_restart || status=$?
 echo "==> replay of 100,000 transactions compared with the live read tables"
-cargo test -p tally-tests --features fault-suites --locked --test replay_at_scale -- \
-    --nocapture --test-threads 1 || status=$?
+cargo test "${suites[@]}" --test replay_at_scale -- --nocapture --test-threads 1 || status=$?
 exit "$status"
