@@ -29,12 +29,13 @@ python3 -m pip install --quiet --disable-pip-version-check aiosmtpd==1.4.6
 echo "==> cargo fmt --check"
 cargo fmt --all -- --check
 
-echo "==> cargo clippy"
-cargo clippy --workspace --all-targets --locked -- -D warnings
-
 # The `checked` profile (see Cargo.toml) keeps debug assertions but optimizes, since the
-# end-to-end suites spend most of their time inside the real binary.
+# end-to-end suites spend most of their time inside the real binary. Clippy takes it too, so
+# that the C libraries the build scripts compile (librdkafka, OpenSSL, SQLite) are built once.
 profile=(--profile checked)
+
+echo "==> cargo clippy"
+cargo clippy --workspace --all-targets --locked "${profile[@]}" -- -D warnings
 
 echo "==> cargo build (the tally binary the end-to-end tests run)"
 cargo build --workspace --bins --locked "${profile[@]}"
