@@ -174,7 +174,9 @@ fn template_for(transaction_type: TransactionType) -> Template {
 }
 
 /// The top-up to buy for a reservation, when the reservation is for airtime.
-fn airtime_request(
+/// The top-up an open airtime transaction of `state` asks for; `None` for any other
+/// transaction.
+pub(crate) fn airtime_request(
     state: &PartitionState,
     transaction_id: TransactionId,
 ) -> Option<AirtimeRequest> {

@@ -8,10 +8,10 @@
 //! reading the partition from its start, which is why applying an event here has no effects.
 //!
 //! Memory: one [`AccountInfo`] per account in the partition, and the terms of transactions
-//! still open (airtime waiting for its provider). Terms are dropped when their transaction
-//! ends.
+//! still open (airtime waiting for its provider), with whether their funds are reserved. Terms
+//! are dropped when their transaction ends.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 
 use tally_domain::{
     AccountEvent, AccountId, AccountInfo, EventEnvelope, LedgerEvent, TransactionEvent,
@@ -27,6 +27,8 @@ pub struct PartitionState {
     live: bool,
     contacts: HashMap<AccountId, AccountInfo>,
     open_transactions: HashMap<TransactionId, TransactionTerms>,
+    /// The open transactions whose funds are reserved: each waits for a provider's answer.
+    reserved: HashSet<TransactionId>,
 }
 
 impl PartitionState {
@@ -48,6 +50,11 @@ impl PartitionState {
 
     pub fn open_transaction_count(&self) -> usize {
         self.open_transactions.len()
+    }
+
+    /// The open transactions whose funds are reserved, in no particular order.
+    pub fn reserved_transactions(&self) -> impl Iterator<Item = TransactionId> + '_ {
+        self.reserved.iter().copied()
     }
 
     /// Applies the event stored at `offset`, which must be the next one.
@@ -82,11 +89,17 @@ impl PartitionState {
                 self.open_transactions
                     .insert(terms.transaction_id, terms.clone());
             }
+            LedgerEvent::Account(AccountEvent::FundsReserved { transaction_id, .. }) => {
+                if self.open_transactions.contains_key(transaction_id) {
+                    self.reserved.insert(*transaction_id);
+                }
+            }
             LedgerEvent::Transaction(
                 TransactionEvent::TransactionSucceeded { transaction_id, .. }
                 | TransactionEvent::TransactionFailed { transaction_id, .. },
             ) => {
                 self.open_transactions.remove(transaction_id);
+                self.reserved.remove(transaction_id);
             }
             LedgerEvent::Account(_) => {}
         }

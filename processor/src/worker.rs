@@ -4,8 +4,9 @@
 //! 1. bring each partition's [`PartitionState`] up to the batch's first event (rebuilding it
 //!    from the partition's start after an assignment or a restart), then fold the batch's
 //!    events into it, collecting their [`effects`](crate::effects);
-//! 2. buy the batch's airtime, the calls running concurrently up to a bound, each retried
-//!    until the provider answers;
+//! 2. buy the batch's airtime, and after a rebuild again that of reservations still open
+//!    (see [`Worker::plan`]), the calls running concurrently up to a bound, each retried until
+//!    the provider answers;
 //! 3. in one [`Consumer::commit`], append the notifications and `CompleteAirtime` commands
 //!    and commit the batch's offsets.
 //!
@@ -22,13 +23,13 @@ use tally_commands::log::{
 };
 use tally_commands::message::CommandEnvelope;
 use tally_domain::notification::NotificationRequested;
-use tally_domain::{AccountId, AirtimeOutcome, EventEnvelope, LedgerCommand};
+use tally_domain::{AccountId, AirtimeOutcome, EventEnvelope, LedgerCommand, TransactionId};
 use tokio::sync::{Semaphore, watch};
 use tokio::task::JoinSet;
 use tracing::Span;
 
 use crate::airtime::{AirtimeProvider, AirtimeRequest};
-use crate::effects::effects_of;
+use crate::effects::{airtime_request, effects_of};
 use crate::retry::{RetryPolicy, backoff_ceiling_ms, chain, jittered_ms, send_until_answered};
 use crate::settings::ProcessorSettings;
 use crate::shutdown;
@@ -239,8 +240,16 @@ impl Worker {
     }
 
     /// Folds the batch into the partitions' states and collects what its events ask for.
+    ///
+    /// A partition whose state had to be rebuilt first (after an assignment or a restart) may
+    /// hold reservations whose top-up was asked for before, by this member or another, and
+    /// whose answer never became an event: it may still be on its way, or the commit that
+    /// carried it may have been lost with a broker. Those still open once the batch is folded
+    /// in are asked for again. The provider deduplicates by transaction id, so this buys
+    /// nothing twice, and the decider refuses a second answer as already final.
     async fn plan(&mut self, records: &[Record]) -> Result<Plan, ProcessorError> {
         let mut plan = Plan::default();
+        let mut asked_again: Vec<(TopicPartition, TransactionId)> = Vec::new();
         for record in records {
             let partition = record.topic_partition();
             let state = self.states.entry(partition).or_default();
@@ -249,6 +258,9 @@ impl Worker {
             } else {
                 let read_max = self.settings.rebuild_read_records_max;
                 catch_up(&*self.log, partition, state, record.offset, read_max).await?;
+                asked_again.retain(|(earlier, _)| *earlier != partition);
+                let reserved = state.reserved_transactions();
+                asked_again.extend(reserved.map(|transaction_id| (partition, transaction_id)));
             }
 
             let envelope = decode(record)?;
@@ -264,6 +276,30 @@ impl Worker {
                     request,
                 });
             }
+        }
+
+        let mut again = Vec::new();
+        for (partition, transaction_id) in asked_again {
+            let Some(state) = self.states.get(&partition) else {
+                continue;
+            };
+            let account_id = state.open_transaction(transaction_id).map(|t| t.account_id);
+            if let (Some(account_id), Some(request)) =
+                (account_id, airtime_request(state, transaction_id))
+            {
+                again.push(AirtimeJob {
+                    account_id,
+                    request,
+                });
+            }
+        }
+        if !again.is_empty() {
+            tracing::info!(
+                reservations = again.len(),
+                "asking again for the top-ups of reservations open when partitions were rebuilt"
+            );
+            again.append(&mut plan.airtime);
+            plan.airtime = again;
         }
         Ok(plan)
     }

@@ -10,7 +10,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 use chrono::Utc;
 use tally_commands::log::sqlite::{SqliteLog, SqliteLogSettings};
-use tally_commands::log::{EventLog, NewRecord, Topic, TopicPartition};
+use tally_commands::log::{ConsumedOffset, EventLog, NewRecord, Polled, Topic, TopicPartition};
 use tally_commands::message::CommandEnvelope;
 use tally_domain::notification::{Channel, NotificationRequested, Outcome, Template};
 use tally_domain::{
@@ -393,6 +393,76 @@ async fn a_processor_fenced_by_a_newer_member_rejoins_and_goes_on() {
     let completions = commands(&log).await;
     let outcome = outcome_of(&completions, transaction_id);
     assert!(matches!(outcome, Some(AirtimeOutcome::Delivered { .. })));
+}
+
+/// A commit can be lost after the group's offsets moved past a reservation (a broker stopped
+/// in the middle of it has done so): no answer is ever decided for it. The next member to
+/// rebuild the partition asks for the top-up again.
+#[tokio::test]
+async fn a_reservation_whose_answer_was_lost_is_asked_for_again_after_a_rebuild() {
+    let data_dir = tempfile::tempdir().expect("a temporary directory");
+    let log = open_log(data_dir.path()).await;
+    let mut account = Account::new();
+    let (lost, answered) = (TransactionId::new(), TransactionId::new());
+    let mut events = account.opened_with_money().await;
+    events.extend(account.send_airtime(lost, "10", "+254712345678").await);
+    events.extend(account.send_airtime(answered, "5", "+254712345679").await);
+    append_events(&log, &events).await;
+
+    // The group's offsets move past every event, with nothing appended: the answers are lost.
+    let mut member = log
+        .consumer(tally_processor::GROUP, &[Topic::Events])
+        .await
+        .expect("a member joins");
+    let mut consumed = Vec::new();
+    while consumed.len() < events.len() {
+        match member.poll(100, Duration::from_millis(50)).await {
+            Ok(Polled::Records(records)) => consumed.extend(records),
+            Ok(_) => {}
+            Err(error) => panic!("poll failed: {error}"),
+        }
+    }
+    let last = consumed
+        .iter()
+        .map(|record| (record.topic_partition(), record.offset));
+    let (partition, offset) = last.max_by_key(|(_, offset)| *offset).expect("records");
+    let committed = ConsumedOffset {
+        partition,
+        next_offset: offset + 1,
+    };
+    member
+        .commit(vec![committed], Vec::new())
+        .await
+        .expect("the offsets commit");
+    drop(member);
+
+    // One of the two was answered meanwhile; the next event of the partition comes after it.
+    let completion = LedgerCommand::CompleteAirtime {
+        transaction_id: answered,
+        outcome: Simulator::answer(&AirtimeRequest {
+            transaction_id: answered,
+            phone_number: PhoneNumber::parse("+254712345679").expect("a valid test number"),
+            amount: usd("5"),
+            currency: Currency::USD,
+        }),
+    };
+    let ended = account.decide(completion).await;
+    append_events(&log, &ended).await;
+
+    let processor = start(&log, Arc::new(Simulator));
+    wait_for_records(&log, Topic::Commands, 1).await;
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    processor.stop().await.expect("a clean stop");
+
+    let completions = commands(&log).await;
+    assert_eq!(
+        completions.len(),
+        1,
+        "only the open reservation is asked for"
+    );
+    let outcome = outcome_of(&completions, lost);
+    assert!(matches!(outcome, Some(AirtimeOutcome::Delivered { .. })));
+    assert_eq!(completions[0].account_id, account.id);
 }
 
 #[tokio::test]
