@@ -177,6 +177,22 @@ pub async fn replay(settings: Settings, options: ReplayOptions) -> anyhow::Resul
         !swap || compare_with.is_some(),
         "--swap needs --compare-with to name the live store"
     );
+    if let Some(live_url) = &compare_with {
+        let rebuilt_url = settings
+            .database_url
+            .as_ref()
+            .map(|url| url.expose_secret());
+        anyhow::ensure!(
+            rebuilt_url != Some(live_url.expose_secret()),
+            "--database-url names the live store given to --compare-with: replay rebuilds \
+             into another, empty database"
+        );
+        // Checked before the rebuilt store is created, so a mistyped one leaves nothing.
+        let live = ReadStore::open_read_only(live_url.expose_secret())
+            .await
+            .context("cannot open the store named by --compare-with")?;
+        live.close().await;
+    }
     let (log, store) = open_stores(&settings, LogUse::Read).await?;
     let applied = store
         .offsets()
@@ -342,14 +358,14 @@ pub async fn verify(settings: Settings, pending_limit: Duration) -> anyhow::Resu
     Ok(report)
 }
 
-/// Opens the log `settings` name, refusing to create an embedded one where none is: an audit
-/// of an empty directory is a mistake, not a clean ledger.
+/// Opens the log `settings` name to read it, refusing to create an embedded one where none
+/// is: an audit or a replay of an empty directory is a mistyped path, not an empty ledger.
 async fn open_existing_log(settings: &Settings) -> anyhow::Result<Arc<dyn EventLog>> {
     if settings.kafka.brokers.is_none() {
         let log_file = settings.data_dir.join("log.db");
         anyhow::ensure!(
             log_file.is_file(),
-            "no event log at {}: give the --data-dir of the Tally to audit",
+            "no event log at {}: give the --data-dir of the Tally whose log to read",
             log_file.display()
         );
     }
@@ -370,15 +386,17 @@ async fn open_stores(
     usage: LogUse,
 ) -> anyhow::Result<(Arc<dyn EventLog>, ReadStore)> {
     let read_store = settings.read_store().context("invalid --database-url")?;
-    std::fs::create_dir_all(&settings.data_dir).with_context(|| {
-        format!(
-            "cannot create data directory {}",
-            settings.data_dir.display()
-        )
-    })?;
     let log = match usage {
-        LogUse::Write => open_log(settings).await?,
-        LogUse::Read => open_log_to_read(settings).await?,
+        LogUse::Write => {
+            std::fs::create_dir_all(&settings.data_dir).with_context(|| {
+                format!(
+                    "cannot create data directory {}",
+                    settings.data_dir.display()
+                )
+            })?;
+            open_log(settings).await?
+        }
+        LogUse::Read => open_existing_log(settings).await?,
     };
     let store = (read_store.open().await).context("cannot open the read store")?;
     Ok((log, store))
@@ -465,15 +483,57 @@ fn auth_state(
 /// Creates the configured administrator once; an existing one is left as it is.
 async fn bootstrap_admin(settings: &Settings, auth: &AuthState) -> anyhow::Result<()> {
     let bootstrap = &settings.bootstrap;
-    let (Some(username), Some(password)) = (&bootstrap.admin_username, &bootstrap.admin_password)
-    else {
-        return Ok(());
+    let (username, password) = match (&bootstrap.admin_username, &bootstrap.admin_password) {
+        (Some(username), Some(password)) => (username, password),
+        (None, None) => return Ok(()),
+        _ => anyhow::bail!(
+            "TALLY_ADMIN_USERNAME and TALLY_ADMIN_PASSWORD (--admin-username, --admin-password) \
+             are given together or not at all"
+        ),
     };
     let roles = [Role::Admin];
     match auth::create_user(&auth.store, &auth.settings, username, password, &roles).await {
         Ok(uid) => info!(%uid, "administrator created"),
-        Err(error) if error.code() == "username_taken" => {}
+        Err(error) if error.code() == "username_taken" => {
+            check_existing_admin(auth, username, password).await?;
+        }
         Err(error) => return Err(anyhow::anyhow!("cannot create the administrator: {error}")),
+    }
+    Ok(())
+}
+
+/// The bootstrap administrator exists already: it is left as it is, but a role or password
+/// other than the settings say is reported, since whoever set them expects to log in with them.
+async fn check_existing_admin(
+    auth: &AuthState,
+    username: &str,
+    password: &SecretString,
+) -> anyhow::Result<()> {
+    let name = auth::username::Username::parse(username)
+        .map_err(|error| anyhow::anyhow!("invalid administrator username: {error}"))?;
+    let found = auth::store::find_user(&auth.store, &name)
+        .await
+        .map_err(|error| anyhow::anyhow!("cannot read the administrator: {error}"))?;
+    let Some(user) = found else {
+        return Ok(());
+    };
+    if !user.roles.contains(&Role::Admin) {
+        tracing::warn!(
+            username,
+            "the bootstrap administrator's username belongs to a user without the admin role; \
+             it is left as it is"
+        );
+        return Ok(());
+    }
+    let cost = auth.settings.bcrypt_cost();
+    let matches = auth::password::verify(password, Some(user.password_hash), cost)
+        .await
+        .map_err(|error| anyhow::anyhow!("cannot check the administrator's password: {error}"))?;
+    if !matches {
+        tracing::warn!(
+            username,
+            "TALLY_ADMIN_PASSWORD is not the administrator's password, which is left as it is"
+        );
     }
     Ok(())
 }

@@ -182,12 +182,43 @@ async fn a_swap_into_the_live_store_itself_is_refused_and_changes_nothing(
 
     assert_eq!(into_itself.status.code(), Some(2));
     let stderr = String::from_utf8_lossy(&into_itself.stderr);
-    assert!(stderr.contains("already holds projected rows"), "{stderr}");
+    assert!(stderr.contains("names the live store"), "{stderr}");
     assert_eq!(without_live.status.code(), Some(2));
     let stderr = String::from_utf8_lossy(&without_live.stderr);
     assert!(stderr.contains("--compare-with"), "{stderr}");
     assert_eq!(app.balance(&user).await?["availableBalance"], "25.00");
     let (code, compared) = app.replay_compared()?;
     assert_eq!(code, 0, "{compared}");
+    Ok(())
+}
+
+/// On the embedded default, a mistyped path is refused before anything is created: a data
+/// directory with no log in it, and a live store that does not exist.
+#[tokio::test]
+async fn a_replay_of_a_missing_log_or_against_a_missing_store_creates_nothing() -> Result<()> {
+    let app = TestApp::spawn_on(Backend::Embedded).await?;
+    let elsewhere = tempfile::tempdir()?;
+    let no_log = elsewhere.path().join("no-such-data-dir");
+    let rebuilt = elsewhere.path().join("rebuilt.db");
+    let rebuilt_url = format!("sqlite://{}", rebuilt.display());
+
+    let missing_log = app.run_tally_on_database("replay", &no_log, &rebuilt_url, &[])?;
+    assert_eq!(missing_log.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&missing_log.stderr);
+    assert!(stderr.contains("no event log at"), "{stderr}");
+    assert!(!no_log.exists(), "the missing data directory was created");
+
+    let missing_live = elsewhere.path().join("no-such-live.db");
+    let missing_live = format!("sqlite://{}", missing_live.display());
+    let against = app.run_tally_on_database(
+        "replay",
+        app.data_dir.path(),
+        &rebuilt_url,
+        &["--compare-with", &missing_live],
+    )?;
+    assert_eq!(against.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&against.stderr);
+    assert!(stderr.contains("--compare-with"), "{stderr}");
+    assert!(!rebuilt.exists(), "the rebuilt store was created");
     Ok(())
 }
