@@ -346,11 +346,20 @@ async fn run_command(command: Command) -> anyhow::Result<()> {
     }
 }
 
-/// Logs to standard output, or to standard error when `to_stderr`.
+/// Logs to standard output, or to standard error when `to_stderr`; in colour only when that is
+/// a terminal and `NO_COLOR` is unset, so that log files and collectors get plain text.
 fn init_tracing(to_stderr: bool) {
+    use std::io::IsTerminal as _;
+
     let filter = EnvFilter::try_from_env("TALLY_LOG").unwrap_or_else(|_| EnvFilter::new("info"));
+    let terminal = match to_stderr {
+        true => std::io::stderr().is_terminal(),
+        false => std::io::stdout().is_terminal(),
+    };
+    let colour = terminal && std::env::var_os("NO_COLOR").is_none();
     let logs = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(colour)
         .with_target(false);
     match to_stderr {
         true => logs.with_writer(std::io::stderr).init(),
@@ -404,11 +413,17 @@ async fn create_user(
                 .map_err(|_| anyhow::anyhow!("unknown role {name}"))
         })
         .collect::<anyhow::Result<Vec<Role>>>()?;
-    let password = read_password()?;
+    // A user created in a store no Tally reads could never log in: a data directory without
+    // a read store is a mistyped path, or the default where another was meant.
     if let ReadStoreLocation::DataDir(path) = read_store {
-        let data_dir = path.parent().unwrap_or(std::path::Path::new("."));
-        std::fs::create_dir_all(data_dir).context("cannot create the data directory")?;
+        anyhow::ensure!(
+            path.is_file(),
+            "no read store at {}: give the --data-dir (or --database-url) of the Tally the user \
+             is for, after it has started once",
+            path.display()
+        );
     }
+    let password = read_password()?;
     let store = (read_store.open().await).context("cannot open the read store")?;
     let settings = AuthSettings::new(bcrypt_cost, 3600).context("invalid auth settings")?;
     let uid = auth::create_user(&store, &settings, username, &password, &roles)
