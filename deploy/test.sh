@@ -29,27 +29,22 @@ python3 -m pip install --quiet --disable-pip-version-check aiosmtpd==1.4.6
 echo "==> cargo fmt --check"
 cargo fmt --all -- --check
 
-# The `checked` profile (see Cargo.toml) keeps debug assertions but optimizes, since the
-# end-to-end suites spend most of their time inside the real binary. Clippy takes it too, so
-# that the C libraries the build scripts compile (librdkafka, OpenSSL, SQLite) are built once.
-profile=(--profile checked)
-
 echo "==> cargo clippy"
-cargo clippy --workspace --all-targets --locked "${profile[@]}" -- -D warnings
+cargo clippy --workspace --all-targets --locked -- -D warnings
 
 echo "==> cargo build (the tally binary the end-to-end tests run)"
-cargo build --workspace --bins --locked "${profile[@]}"
+cargo build --workspace --bins --locked
 
 echo "==> cargo test"
 status=0
-cargo test --workspace --locked --no-fail-fast "${profile[@]}" || status=$?
+cargo test --workspace --locked --no-fail-fast || status=$?
 
 # After the rest, one at a time: the broker restart stops the broker every Kafka test shares.
 echo "==> fault suites (roles killed under load)"
-suites=(-p tally-tests --features fault-suites --locked "${profile[@]}")
-cargo test "${suites[@]}" --test faults || status=$?
+cargo test -p tally-tests --features fault-suites --locked --test faults || status=$?
 echo "==> fault suite (the broker restarted under load)"
-cargo test "${suites[@]}" --test broker_restart || status=$?
+cargo test -p tally-tests --features fault-suites --locked --test broker_restart || status=$?
 echo "==> replay of 100,000 transactions compared with the live read tables"
-cargo test "${suites[@]}" --test replay_at_scale -- --nocapture --test-threads 1 || status=$?
+cargo test -p tally-tests --features fault-suites --locked --test replay_at_scale -- \
+    --nocapture --test-threads 1 || status=$?
 exit "$status"
