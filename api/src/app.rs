@@ -433,11 +433,22 @@ async fn open_log(settings: &Settings) -> anyhow::Result<Arc<dyn EventLog>> {
             .context("cannot open the Kafka log")?;
         return Ok(log);
     }
-    let log = SqliteLog::open(embedded_log_settings(settings))
-        .await
-        .context("cannot open the event log")?;
-    Ok(log)
+    // A process killed just before this one started may still hold the lock for a moment
+    // while the kernel closes its files; a live one holds it for good, and is reported.
+    let waiting_since = std::time::Instant::now();
+    loop {
+        match SqliteLog::open(embedded_log_settings(settings)).await {
+            Ok(log) => return Ok(log),
+            Err(LogError::Locked(_)) if waiting_since.elapsed() < LOG_LOCK_WAIT => {
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            Err(error) => return Err(error).context("cannot open the event log"),
+        }
+    }
 }
+
+/// How long opening the embedded log to write waits for a lock another process holds.
+const LOG_LOCK_WAIT: Duration = Duration::from_secs(5);
 
 fn embedded_log_settings(settings: &Settings) -> SqliteLogSettings {
     let mut log_settings = SqliteLogSettings::new(&settings.data_dir, settings.partitions);

@@ -4,7 +4,7 @@
 use std::process::{Command, Output};
 
 use anyhow::Result;
-use tally_tests::tally_bin;
+use tally_tests::{Backend, TestApp, tally_bin};
 
 fn tally(args: &[&str], env: &[(&str, &str)]) -> Result<Output> {
     let mut command = Command::new(tally_bin()?);
@@ -63,5 +63,30 @@ fn a_user_created_in_a_data_directory_without_a_read_store_is_refused() -> Resul
         !data_dir.exists(),
         "the mistyped data directory was created"
     );
+    Ok(())
+}
+
+/// A second Tally on a data directory a running one holds waits a moment for the lock (a
+/// process killed just before may still hold it), then gives up naming the lock.
+#[tokio::test]
+async fn a_second_tally_on_a_held_data_directory_is_refused() -> Result<()> {
+    let app = TestApp::spawn_on(Backend::Embedded).await?;
+    let data_dir = app.data_dir.path().to_str().expect("a utf-8 path");
+    let args = ["up", "--data-dir", data_dir, "--listen", "127.0.0.1:0"];
+    let second = tally(&args, &[])?;
+
+    assert!(!second.status.success());
+    let output = format!(
+        "{}{}",
+        String::from_utf8_lossy(&second.stderr),
+        String::from_utf8_lossy(&second.stdout)
+    );
+    assert!(output.contains("locked"), "{output}");
+    let health = app
+        .client
+        .get(format!("{}/health", app.base_url))
+        .send()
+        .await?;
+    assert!(health.status().is_success(), "the first Tally stopped");
     Ok(())
 }
