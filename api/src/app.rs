@@ -187,12 +187,16 @@ pub async fn replay(settings: Settings, options: ReplayOptions) -> anyhow::Resul
             "--database-url names the live store given to --compare-with: replay rebuilds \
              into another, empty database"
         );
-        // Checked before the rebuilt store is created, so a mistyped one leaves nothing.
-        let live = ReadStore::open_read_only(live_url.expose_secret())
-            .await
-            .context("cannot open the store named by --compare-with")?;
-        live.close().await;
     }
+    // Opened before the rebuilt store is created, so a mistyped one leaves nothing behind.
+    let compared_with = match &compare_with {
+        Some(url) => Some(
+            ReadStore::open_read_only(url.expose_secret())
+                .await
+                .context("cannot open the store named by --compare-with")?,
+        ),
+        None => None,
+    };
     let (log, store) = open_stores(&settings, LogUse::Read).await?;
     let applied = store
         .offsets()
@@ -220,10 +224,11 @@ pub async fn replay(settings: Settings, options: ReplayOptions) -> anyhow::Resul
     };
     let started = std::time::Instant::now();
     let projector = ProjectorSettings::default();
-    let (mut replayed, comparison) = match &compare_with {
-        Some(url) => {
-            let (replayed, comparison) =
-                replay_and_compare(log.as_ref(), &store, &projector, url).await?;
+    let (mut replayed, comparison) = match compared_with {
+        Some(live) => {
+            let compared = replay_and_compare(log.as_ref(), &store, &projector, &live).await;
+            live.close().await;
+            let (replayed, comparison) = compared?;
             (replayed, Some(comparison))
         }
         None => (tally_projections::Replayed::default(), None),
@@ -298,11 +303,8 @@ async fn replay_and_compare(
     log: &dyn EventLog,
     store: &ReadStore,
     projector: &ProjectorSettings,
-    live_url: &SecretString,
+    live: &ReadStore,
 ) -> anyhow::Result<(tally_projections::Replayed, Comparison)> {
-    let live = ReadStore::open_read_only(live_url.expose_secret())
-        .await
-        .context("cannot open the store named by --compare-with")?;
     let mut live_snapshot = live
         .snapshot()
         .await
@@ -323,7 +325,6 @@ async fn replay_and_compare(
         .await
         .and(replayed_snapshot.close().await);
     closed.context("cannot end the read snapshots")?;
-    live.close().await;
     Ok((replayed, comparison))
 }
 
@@ -359,17 +360,29 @@ pub async fn verify(settings: Settings, pending_limit: Duration) -> anyhow::Resu
 }
 
 /// Opens the log `settings` name to read it, refusing to create an embedded one where none
-/// is: an audit or a replay of an empty directory is a mistyped path, not an empty ledger.
+/// is: an audit or a replay of an empty directory is a mistyped path, not an empty ledger. An
+/// embedded log that a running Tally holds is opened read-only beside it, so a replay or an
+/// audit need not stop it.
 async fn open_existing_log(settings: &Settings) -> anyhow::Result<Arc<dyn EventLog>> {
-    if settings.kafka.brokers.is_none() {
-        let log_file = settings.data_dir.join("log.db");
-        anyhow::ensure!(
-            log_file.is_file(),
-            "no event log at {}: give the --data-dir of the Tally whose log to read",
-            log_file.display()
-        );
+    if settings.kafka.brokers.is_some() {
+        return open_log(settings).await;
     }
-    open_log_to_read(settings).await
+    let log_file = settings.data_dir.join("log.db");
+    anyhow::ensure!(
+        log_file.is_file(),
+        "no event log at {}: give the --data-dir of the Tally whose log to read",
+        log_file.display()
+    );
+    match SqliteLog::open(embedded_log_settings(settings)).await {
+        Ok(log) => Ok(log),
+        Err(LogError::Locked(_)) => {
+            let log = SqliteLogReader::open(&settings.data_dir)
+                .await
+                .context("cannot open the event log to read it")?;
+            Ok(log)
+        }
+        Err(error) => Err(error).context("cannot open the event log"),
+    }
 }
 
 /// Whether a process opens the log to write to it, as Tally's roles do, or only to read it.
@@ -454,24 +467,6 @@ fn embedded_log_settings(settings: &Settings) -> SqliteLogSettings {
     let mut log_settings = SqliteLogSettings::new(&settings.data_dir, settings.partitions);
     log_settings.synchronous_full = settings.log_sync_full;
     log_settings
-}
-
-/// Opens the log to read it. An embedded log that a running Tally holds is opened read-only
-/// beside it, so a replay or an audit need not stop it.
-async fn open_log_to_read(settings: &Settings) -> anyhow::Result<Arc<dyn EventLog>> {
-    if settings.kafka.brokers.is_some() {
-        return open_log(settings).await;
-    }
-    match SqliteLog::open(embedded_log_settings(settings)).await {
-        Ok(log) => Ok(log),
-        Err(LogError::Locked(_)) => {
-            let log = SqliteLogReader::open(&settings.data_dir)
-                .await
-                .context("cannot open the event log to read it")?;
-            Ok(log)
-        }
-        Err(error) => Err(error).context("cannot open the event log"),
-    }
 }
 
 fn auth_state(

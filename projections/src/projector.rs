@@ -115,20 +115,17 @@ pub async fn run(
             Polled::Assigned(partitions) => {
                 // Every owned partition is resumed with the new ones, so that all positions
                 // come from one generation of the tables.
-                let owned: BTreeSet<TopicPartition> =
-                    positions.keys().copied().chain(partitions).collect();
-                let owned: Vec<TopicPartition> = owned.into_iter().collect();
                 generation = resume(
                     &store,
                     consumer.as_mut(),
-                    &owned,
+                    &partitions,
                     &mut positions,
                     &settings,
                     &mut shutdown,
                 )
                 .await?;
                 tracing::info!(
-                    partitions = owned.len(),
+                    partitions = positions.len(),
                     generation,
                     "partitions assigned; resuming from the store"
                 );
@@ -161,11 +158,10 @@ pub async fn run(
                         // stands at least as far as the ones it replaced), or another writer
                         // moved its offsets. Its offsets say what its rows hold, so resuming
                         // from them neither loses a record nor applies one twice.
-                        let owned: Vec<TopicPartition> = positions.keys().copied().collect();
                         generation = resume(
                             &store,
                             consumer.as_mut(),
-                            &owned,
+                            &[],
                             &mut positions,
                             &settings,
                             &mut shutdown,
@@ -411,16 +407,16 @@ async fn drop_applied(
     records
 }
 
-/// Moves the consumer to where the store says the projection stopped in each partition,
-/// records those offsets in `positions`, and returns the generation of the tables that hold
-/// them.
+/// Moves the consumer to where the store says the projection stopped in every partition of
+/// `positions` and in each of `assigned`, records those offsets in `positions`, and returns
+/// the generation of the tables that hold them.
 ///
 /// The generation is read before the offsets: a swap between the two reads leaves an old
 /// generation with new offsets, which the next batch notices, and never the reverse.
 async fn resume(
     store: &ReadStore,
     consumer: &mut dyn Consumer,
-    partitions: &[TopicPartition],
+    assigned: &[TopicPartition],
     positions: &mut HashMap<TopicPartition, u64>,
     settings: &ProjectorSettings,
     shutdown: &mut watch::Receiver<bool>,
@@ -434,7 +430,8 @@ async fn resume(
             Err(error) => backoff.pause(error, shutdown).await?,
         }
     };
-    for &partition in partitions {
+    let owned: BTreeSet<TopicPartition> = positions.keys().chain(assigned).copied().collect();
+    for partition in owned {
         let next_offset = next_offset(&stored, partition);
         consumer.seek(partition, next_offset).await?;
         positions.insert(partition, next_offset);
